@@ -1,0 +1,9 @@
+"""RT-DETR and RT-DETRv2 for PaddleDetection.
+
+Importing this package registers the model modules in ppdet's workspace, so that
+``ppdet.core.workspace.create(cfg.architecture)`` builds them from our YAML configs.
+"""
+from . import compat  # noqa: F401  (Paddle 3 / Pillow 10 shims for ppdet 2.6.0; before ppdet is used)
+from . import modeling  # noqa: F401  (registers modules)
+
+__version__ = '0.1.0'

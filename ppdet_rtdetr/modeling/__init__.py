@@ -1,0 +1,1 @@
+"""Every registered module, imported in one place (importing registers them with ppdet)."""

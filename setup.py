@@ -1,0 +1,28 @@
+"""ppdet-rtdetr: RT-DETR / RT-DETRv2 as a PaddleDetection plugin.
+
+Paddle itself is an extra: GPU users keep their own `paddlepaddle-gpu` 3.x (both wheels provide
+the `paddle` module), CPU users install `.[cpu]`.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name='ppdet-rtdetr',
+    version='0.1.0',
+    description='RT-DETR and RT-DETRv2 real-time detection transformers for PaddleDetection',
+    packages=find_packages(include=['ppdet_rtdetr', 'ppdet_rtdetr.*']),
+    python_requires='>=3.8',
+    install_requires=[
+        'paddledet==2.6.0',
+        # paddledet 2.6.0 pins numpy<1.24, and its `sklearn` requirement is an empty placeholder
+        # while `import ppdet` imports sklearn.
+        'numpy<1.24',
+        'scikit-learn<1.6',
+        'scipy',
+        'pyyaml',
+    ],
+    extras_require={
+        'cpu': ['paddlepaddle==3.3.1'],
+        'test': ['pytest'],
+        'onnx': ['paddle2onnx==2.1.0', 'onnxruntime'],
+    },
+)
