@@ -1,0 +1,1 @@
+"""Data helpers: synthetic demo dataset generation and dataset checks."""
