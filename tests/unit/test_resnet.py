@@ -29,8 +29,8 @@ def _keys(model):
     return {(k, str(list(v.shape))) for k, v in model.state_dict().items()}
 
 
-def _image(seed=0):
-    return paddle.to_tensor(np.random.RandomState(seed).randn(1, 3, H, W).astype('float32'))
+def _image(seed=0, h=H, w=W):
+    return paddle.to_tensor(np.random.RandomState(seed).randn(1, 3, h, w).astype('float32'))
 
 
 @pytest.mark.parametrize('depth, fname', [(18, 'rtdetr_r18vd_keys.txt'), (50, 'rtdetr_r50vd_keys.txt')])
@@ -84,16 +84,19 @@ def test_parity_with_ppdet_resnet(depth, variant):
 
     ref.eval()
     ours.eval()
-    x = _image()
-    ref_outs, our_outs = ref({'image': x}), ours({'image': x})
-    assert len(our_outs) == len(ref_outs) == 4
-    for i, (a, b) in enumerate(zip(our_outs, ref_outs)):
-        a, b = a.numpy(), b.numpy()
-        assert a.shape == b.shape, 'stage {}: {} vs {}'.format(i, a.shape, b.shape)
-        err = np.abs(a - b).max()
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6,
-                                   err_msg='stage {} max abs err {:.3g}'.format(i, err))
-        assert np.abs(b).max() > 1e-3, 'stage {} output is all ~0, parity is vacuous'.format(i)
+    # Odd sizes exercise the ceil_mode of the variant-d average-pool shortcut.
+    for h, w in [(H, W), (H + 1, W + 3)]:
+        x = _image(h=h, w=w)
+        ref_outs, our_outs = ref({'image': x}), ours({'image': x})
+        assert len(our_outs) == len(ref_outs) == 4
+        for i, (a, b) in enumerate(zip(our_outs, ref_outs)):
+            a, b = a.numpy(), b.numpy()
+            assert a.shape == b.shape, '{}x{} stage {}: {} vs {}'.format(h, w, i, a.shape, b.shape)
+            err = np.abs(a - b).max()
+            np.testing.assert_allclose(
+                a, b, rtol=0, atol=1e-6,
+                err_msg='{}x{} stage {} max abs err {:.3g}'.format(h, w, i, err))
+            assert np.abs(b).max() > 1e-3, 'stage {} output is all ~0, parity is vacuous'.format(i)
 
 
 def _learnable(model):
@@ -174,6 +177,17 @@ def test_return_idx_and_out_shape(depth, return_idx, num_stages):
         assert spec.stride == [4, 8, 16, 32][i]
         assert list(out.shape) == [1, spec.channels, H // spec.stride, W // spec.stride]
     assert not any(k.startswith('res{}'.format(num_stages + 2)) for k in model.state_dict())
+
+
+@pytest.mark.parametrize('variant', ['b', 'd'])
+def test_odd_input_sizes_round_up(variant):
+    h, w = 65, 99
+    model = RTDETRResNet(depth=18, variant=variant)
+    model.eval()
+    outs = model({'image': _image(h=h, w=w)})
+    for out, stride in zip(outs, [4, 8, 16, 32]):
+        want = [-(-h // stride), -(-w // stride)]
+        assert list(out.shape[2:]) == want, 'stride {}: {} vs {}'.format(stride, out.shape, want)
 
 
 def test_return_idx_list_is_copied():
