@@ -1,0 +1,132 @@
+"""The synthetic shapes dataset: deterministic, exact boxes, sparse category ids, COCO-loadable."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ppdet_rtdetr.data import synthetic
+
+TOOL = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'make_demo_dataset.py')
+PARAMS = dict(num_train=10, num_val=5, size=64, seed=0)
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('shapes'))
+    synthetic.make_dataset(root, **PARAMS)
+    return root
+
+
+def _load(root, split):
+    with open(os.path.join(root, 'annotations', 'instances_{}.json'.format(split))) as f:
+        return json.load(f)
+
+
+def _extent(mask):
+    """[x, y, w, h] from the rows and columns the mask touches (independent of mask_to_box)."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    rows = np.flatnonzero(mask.any(axis=1))
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+def test_same_seed_gives_byte_identical_annotations(dataset, tmp_path):
+    other = str(tmp_path / 'again')
+    synthetic.make_dataset(other, **PARAMS)
+    for split in ('train', 'val'):
+        name = os.path.join('annotations', 'instances_{}.json'.format(split))
+        with open(os.path.join(dataset, name), 'rb') as a, open(os.path.join(other, name), 'rb') as b:
+            assert a.read() == b.read(), '{} differs between two runs with seed 0'.format(name)
+    reseeded = str(tmp_path / 'seed1')
+    synthetic.make_dataset(reseeded, **dict(PARAMS, seed=1))
+    assert _load(reseeded, 'train')['annotations'] != _load(dataset, 'train')['annotations']
+
+
+def test_boxes_are_the_drawn_pixels_extent(dataset):
+    for split in ('train', 'val'):
+        coco = _load(dataset, split)
+        for im in coco['images']:
+            index = im['id'] - 1
+            image, objects = synthetic.render_image(PARAMS['seed'], split, index, PARAMS['size'])
+            stored = [a for a in coco['annotations'] if a['image_id'] == im['id']]
+            assert [a['category_id'] for a in stored] == [o[0] for o in objects]
+            assert (im['height'], im['width']) == image.shape[:2]
+            with Image.open(os.path.join(dataset, 'images', split, im['file_name'])) as saved:
+                assert saved.size == (im['width'], im['height'])
+            union = np.zeros(image.shape[:2], dtype=bool)
+            for ann, (_, colour, mask) in zip(stored, objects):
+                painted = np.all(image == np.array(colour, dtype=np.uint8), axis=-1)
+                assert painted[mask].all(), 'mask pixels not all painted in the object colour'
+                union |= mask
+                x, y, w, h = ann['bbox']
+                assert ann['bbox'] == _extent(painted & mask), (split, im['file_name'], ann)
+                assert 0 <= x and 0 <= y and x + w <= im['width'] and y + h <= im['height']
+                assert ann['area'] == int(mask.sum()) and 0 < ann['area'] <= w * h
+                assert ann['iscrowd'] == 0
+                assert min(w, h) >= 0.1 * min(im['width'], im['height']), 'object too small'
+            object_colours = {tuple(o[1]) for o in objects}
+            background = image[~union]
+            for colour in object_colours:
+                hits = np.all(background == np.array(colour, dtype=np.uint8), axis=-1).sum()
+                assert hits == 0, 'background pixels share an object colour {}'.format(colour)
+
+
+def test_category_ids_are_sparse_and_named(dataset):
+    coco = _load(dataset, 'train')
+    assert [(c['id'], c['name']) for c in coco['categories']] == [
+        (3, 'circle'), (7, 'square'), (11, 'triangle'), (20, 'cross')]
+    used = {a['category_id'] for s in ('train', 'val') for a in _load(dataset, s)['annotations']}
+    assert used == {3, 7, 11, 20}
+
+
+def test_images_are_varied_non_square_some_empty(dataset):
+    coco = _load(dataset, 'train')
+    counts = [sum(a['image_id'] == im['id'] for a in coco['annotations']) for im in coco['images']]
+    assert 0 in counts, 'no empty image'
+    assert max(counts) <= 4 and sum(c > 0 for c in counts) >= len(counts) // 2
+    sizes = {(im['width'], im['height']) for im in coco['images']}
+    assert all(w != h for w, h in sizes) and len(sizes) > 3
+    assert coco['info']['params'] == dict(split='train', num_images=10, size=64, seed=0,
+                                          format_version=synthetic._FORMAT_VERSION)
+
+
+def test_pycocotools_and_ppdet_load_it(dataset):
+    from pycocotools.coco import COCO
+    from ppdet.data.source.coco import COCODataSet
+
+    coco = COCO(os.path.join(dataset, 'annotations', 'instances_val.json'))
+    assert coco.getCatIds() == [3, 7, 11, 20]
+    assert len(coco.getImgIds()) == PARAMS['num_val']
+    ppdet_set = COCODataSet(dataset_dir=dataset, image_dir='images/train',
+                            anno_path='annotations/instances_train.json',
+                            data_fields=['image', 'gt_bbox', 'gt_class', 'is_crowd'])
+    ppdet_set.parse_dataset()
+    assert ppdet_set.catid2clsid == {3: 0, 7: 1, 11: 2, 20: 3}
+    assert all(r['gt_class'].max() < 4 and len(r['gt_bbox']) > 0 for r in ppdet_set.roidbs)
+
+
+def test_existing_dataset_is_kept_and_changed_params_regenerate(dataset, tmp_path):
+    root = str(tmp_path / 'keep')
+    first = synthetic.make_dataset(root, **PARAMS)
+    anno = first['train']['anno_path']
+    stamp = os.stat(anno).st_mtime_ns
+    again = synthetic.make_dataset(root, **PARAMS)
+    assert not again['train']['generated'] and not again['val']['generated']
+    assert os.stat(anno).st_mtime_ns == stamp, 'an up-to-date annotation file was rewritten'
+    smaller = synthetic.make_dataset(root, **dict(PARAMS, num_train=6))
+    assert smaller['train']['generated'] and not smaller['val']['generated']
+    assert sorted(os.listdir(first['train']['image_dir'])) == ['{:06d}.jpg'.format(i)
+                                                                for i in range(6)]
+
+
+def test_make_demo_dataset_tool(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location('make_demo_dataset', TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(['--out', str(tmp_path), '--num_train', '4', '--num_val', '2', '--size', '48'])
+    assert len(_load(str(tmp_path), 'train')['images']) == 4
+    assert 'num_classes: 4' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--out', str(tmp_path), '--size', '16'])
