@@ -1,0 +1,32 @@
+"""Encoder anchors of RT-DETR's query selection, in logit space."""
+import paddle
+
+__all__ = ['generate_anchors']
+
+
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype='float32'):
+    """One anchor box per memory token: its cell centre, size grid_size * 2^level.
+
+    Centres are normalised by the map's width on x and its height on y (the official PaddleDetection code
+    divides by [h, w], wrong on non-square inputs: PaddleDetection #8680).
+
+    Args:
+        spatial_shapes (list[(int, int)]): (h, w) of each level.
+        grid_size (float): anchor size on level 0, relative to the image.
+        eps (float): anchors with any coordinate outside (eps, 1 - eps) are invalid.
+    Returns:
+        anchors [1, l, 4] cxcywh in logit space (inverse sigmoid), +inf where invalid;
+        valid_mask bool [1, l, 1].
+    """
+    anchors = []
+    for lvl, (h, w) in enumerate(spatial_shapes):
+        grid_y, grid_x = paddle.meshgrid(paddle.arange(h, dtype=dtype), paddle.arange(w, dtype=dtype))
+        centre = (paddle.stack([grid_x, grid_y], -1) + 0.5) / paddle.to_tensor([w, h], dtype=dtype)
+        wh = paddle.full_like(centre, grid_size * 2.0 ** lvl)
+        # [h, w, 4] -> [1, h*w, 4]
+        anchors.append(paddle.concat([centre, wh], -1).reshape([1, h * w, 4]))
+    anchors = paddle.concat(anchors, 1)
+    valid_mask = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
+    anchors = paddle.log(anchors / (1 - anchors))
+    anchors = paddle.where(valid_mask, anchors, paddle.full_like(anchors, float('inf')))
+    return anchors, valid_mask

@@ -1,0 +1,63 @@
+"""RT-DETR architecture: backbone -> hybrid encoder (neck) -> transformer -> head -> post-process."""
+import paddle
+from ppdet.core.workspace import create, register
+from ppdet.modeling.architectures.meta_arch import BaseArch
+
+__all__ = ['RTDETRDetector']
+
+
+@register
+class RTDETRDetector(BaseArch):
+    """ppdet's DETR with a neck (paddledet 2.6.0's DETR has none).
+
+    Args:
+        backbone, neck, transformer, detr_head: built from the config (`from_config` wires out_shape).
+        post_process (RTDETRPostProcess): injected.
+        exclude_post_process (bool): eval/export returns the raw (boxes [b, n, 4] sigmoid cxcywh,
+            logits [b, n, k]) instead of detections.
+
+    Training returns the loss dict plus `loss` (the sum of every entry); eval returns
+    {'bbox': [b*K, 6] (class index, score, x1, y1, x2, y2), 'bbox_num': int32 [b]}.
+    """
+    __category__ = 'architecture'
+    __inject__ = ['post_process']
+    __shared__ = ['exclude_post_process']
+
+    def __init__(self, backbone, neck, transformer, detr_head, post_process='RTDETRPostProcess',
+                 exclude_post_process=False):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.transformer = transformer
+        self.detr_head = detr_head
+        self.post_process = post_process
+        self.exclude_post_process = exclude_post_process
+
+    @classmethod
+    def from_config(cls, cfg, *args, **kwargs):
+        backbone = create(cfg['backbone'])
+        neck = create(cfg['neck'], input_shape=backbone.out_shape)
+        transformer = create(cfg['transformer'], input_shape=neck.out_shape)
+        detr_head = create(cfg['detr_head'])
+        return {'backbone': backbone, 'neck': neck, 'transformer': transformer, 'detr_head': detr_head}
+
+    def _forward(self):
+        body_feats = self.neck(self.backbone(self.inputs))
+        out_transformer = self.transformer(body_feats, None, self.inputs)
+        if self.training:
+            return self.detr_head(out_transformer, body_feats, self.inputs)
+        preds = self.detr_head(out_transformer, body_feats)
+        if self.exclude_post_process:
+            return preds[0], preds[1]
+        bbox, bbox_num, _ = self.post_process(preds, self.inputs['im_shape'], self.inputs['scale_factor'])
+        return bbox, bbox_num
+
+    def get_loss(self):
+        losses = self._forward()
+        losses['loss'] = paddle.add_n([v for k, v in losses.items() if 'log' not in k])
+        return losses
+
+    def get_pred(self):
+        # with exclude_post_process the keys carry the raw boxes and logits (ppdet's export contract)
+        bbox, bbox_num = self._forward()
+        return {'bbox': bbox, 'bbox_num': bbox_num}

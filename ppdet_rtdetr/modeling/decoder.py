@@ -1,0 +1,99 @@
+"""RT-DETR decoder: self-attention over queries, deformable cross-attention, FFN; iterative box refinement.
+
+RT-DETRv2 differs only in options of the cross-attention (per-level points, discrete sampler), so both
+versions are this one file.
+"""
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .box_ops import inverse_sigmoid
+from .deformable_attn import MSDeformableAttention
+from .layers import MultiHeadAttention, get_activation
+
+__all__ = ['TransformerDecoderLayer', 'TransformerDecoder']
+
+
+class TransformerDecoderLayer(nn.Layer):
+    """Post-norm decoder layer: self-attn (+ query position embedding) -> deformable cross-attn -> FFN.
+
+    Args:
+        d_model (int), n_head (int), dim_feedforward (int), dropout (float), activation (str).
+        n_levels (int), n_points (int|list[int]), cross_attn_method (str), offset_scale (float),
+        points_scale_in_state_dict (bool): see `MSDeformableAttention`.
+    """
+
+    def __init__(self, d_model=256, n_head=8, dim_feedforward=1024, dropout=0., activation='relu',
+                 n_levels=3, n_points=4, cross_attn_method='default', offset_scale=0.5,
+                 points_scale_in_state_dict=False):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, n_head, dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.cross_attn = MSDeformableAttention(d_model, n_head, n_levels, n_points, cross_attn_method,
+                                                offset_scale, points_scale_in_state_dict=points_scale_in_state_dict)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.activation = get_activation(activation)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, tgt, ref_points, memory, spatial_shapes, attn_mask=None, query_pos_embed=None):
+        """tgt [b, q, c], ref_points [b, q, 1, 4] (cxcywh in [0, 1]), memory [b, l, c],
+        attn_mask None or float [q, q] (0 / -inf), query_pos_embed [b, q, c] -> [b, q, c]."""
+        q = k = tgt + query_pos_embed
+        tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt, attn_mask)))
+        cross = self.cross_attn(tgt + query_pos_embed, ref_points, memory, spatial_shapes)
+        tgt = self.norm2(tgt + self.dropout(cross))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout(ffn))
+
+
+class TransformerDecoder(nn.Layer):
+    """Stack of decoder layers with iterative box refinement.
+
+    Each layer i predicts a box delta (logit space) on its input reference boxes; the refined boxes feed
+    layer i + 1. In training every layer's output is returned (aux losses; the gradient reaches layer i's
+    box head through the *undetached* previous boxes, as DINO's "look forward twice"); in eval the stack stops
+    at `eval_idx`.
+
+    Args:
+        num_layers (int), eval_idx (int): layer whose prediction is the output in eval (negative from the end).
+        layer_cfg (dict): `TransformerDecoderLayer` options.
+    """
+
+    def __init__(self, num_layers, eval_idx=-1, **layer_cfg):
+        super().__init__()
+        self.layers = nn.LayerList([TransformerDecoderLayer(**layer_cfg) for _ in range(num_layers)])
+        self.num_layers = num_layers
+        self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
+        if not 0 <= self.eval_idx < num_layers:
+            raise ValueError(f'eval_idx {eval_idx} is outside the {num_layers} decoder layers')
+
+    def forward(self, tgt, ref_points_unact, memory, spatial_shapes, bbox_head, score_head, query_pos_head,
+                attn_mask=None):
+        """tgt [b, q, c], ref_points_unact [b, q, 4] (logit space) ->
+        (boxes [n, b, q, 4] sigmoid cxcywh, logits [n, b, q, k]); n = num_layers in training, 1 in eval."""
+        output = tgt
+        dec_bboxes, dec_logits = [], []
+        ref_points_detach = F.sigmoid(ref_points_unact)
+        ref_points = ref_points_detach
+        for i, layer in enumerate(self.layers):
+            query_pos_embed = query_pos_head(ref_points_detach)
+            # [b, q, 4] -> [b, q, 1, 4]: one reference box shared by all levels
+            output = layer(output, ref_points_detach.unsqueeze(2), memory, spatial_shapes, attn_mask,
+                           query_pos_embed)
+            inter_ref_bbox = F.sigmoid(bbox_head[i](output) + inverse_sigmoid(ref_points_detach))
+            if self.training:
+                dec_logits.append(score_head[i](output))
+                if i == 0:
+                    dec_bboxes.append(inter_ref_bbox)
+                else:
+                    dec_bboxes.append(F.sigmoid(bbox_head[i](output) + inverse_sigmoid(ref_points)))
+            elif i == self.eval_idx:
+                dec_logits.append(score_head[i](output))
+                dec_bboxes.append(inter_ref_bbox)
+                break
+            ref_points = inter_ref_bbox
+            ref_points_detach = inter_ref_bbox.detach() if self.training else inter_ref_bbox
+        return paddle.stack(dec_bboxes), paddle.stack(dec_logits)

@@ -1,0 +1,142 @@
+"""Multi-scale deformable attention (Deformable DETR) in pure Paddle, with RT-DETRv2's options.
+
+Two samplers share one code path:
+- `default`: bilinear `grid_sample` (align_corners=False, zero padding), the official numbers;
+- `discrete`: integer index gather, no `grid_sample` (TensorRT < 8.5 / ONNX opset < 16 have none).
+"""
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+__all__ = ['MSDeformableAttention', 'ms_deform_attn_core']
+
+
+def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_weights, num_points_list,
+                        method='default'):
+    """Weighted sum of values sampled at fractional locations, per head, over levels and points.
+
+    Args:
+        value (Tensor): [b, l, nh, c/nh], levels concatenated row-major in `spatial_shapes` order.
+        spatial_shapes (list[(int, int)]): (h, w) of each level; sum(h * w) == l.
+        sampling_locations (Tensor): [b, q, nh, sum(np), 2] normalised (x, y) in [0, 1] of the level's map
+            (outside -> zeros for `default`, clamped to the border for `discrete`); points grouped by level.
+        attention_weights (Tensor): [b, q, nh, sum(np)], softmax-normalised over all points of a head.
+        num_points_list (list[int]): np of each level.
+        method (str): 'default' (bilinear) or 'discrete' (pixel (floor(x * w + 0.5), floor(y * h + 0.5)),
+            clamped to the map: the official RT-DETRv2 rule, with the x index clamped by w, not h).
+    Returns:
+        Tensor: [b, q, nh * c/nh].
+    """
+    if method not in ('default', 'discrete'):
+        raise ValueError(f"cross_attn_method must be 'default' or 'discrete', got '{method}'")
+    b, _, nh, hc = value.shape
+    q = sampling_locations.shape[1]
+    value_list = value.split([h * w for h, w in spatial_shapes], axis=1)
+    # [b, q, nh, sum(np), 2] -> [b*nh, q, sum(np), 2], then one chunk per level
+    locs = sampling_locations.transpose([0, 2, 1, 3, 4]).flatten(0, 1)
+    locs_list = locs.split(num_points_list, axis=2)
+    sampled = []
+    for lvl, (h, w) in enumerate(spatial_shapes):
+        # [b, h*w, nh, hc] -> [b, nh, hc, h*w] -> [b*nh, hc, h, w]
+        value_l = value_list[lvl].transpose([0, 2, 3, 1]).reshape([b * nh, hc, h, w])
+        if method == 'default':
+            # [b*nh, hc, q, np_l]
+            sampled.append(F.grid_sample(value_l, 2 * locs_list[lvl] - 1, mode='bilinear',
+                                         padding_mode='zeros', align_corners=False))
+        else:
+            sampled.append(_gather_nearest(value_l, locs_list[lvl]))
+    # [b, q, nh, sum(np)] -> [b*nh, 1, q, sum(np)]
+    weights = attention_weights.transpose([0, 2, 1, 3]).reshape([b * nh, 1, q, -1])
+    out = (paddle.concat(sampled, axis=-1) * weights).sum(-1)  # [b*nh, hc, q]
+    # [b*nh, hc, q] -> [b, nh*hc, q] -> [b, q, nh*hc]
+    return out.reshape([b, nh * hc, q]).transpose([0, 2, 1])
+
+
+def _gather_nearest(value_l, locs):
+    """value_l [n, hc, h, w], locs [n, q, np, 2] (x, y in [0, 1]) -> [n, hc, q, np] by index gather."""
+    n, hc, h, w = value_l.shape
+    q, npt = locs.shape[1], locs.shape[2]
+    x = paddle.floor(locs[..., 0] * w + 0.5).clip(0, w - 1).astype('int64')
+    y = paddle.floor(locs[..., 1] * h + 0.5).clip(0, h - 1).astype('int64')
+    index = (y * w + x).reshape([n, 1, q * npt]).expand([n, hc, q * npt])
+    # [n, hc, h, w] -> [n, hc, h*w] -> gather -> [n, hc, q, np]
+    out = paddle.take_along_axis(value_l.reshape([n, hc, h * w]), index, axis=2)
+    return out.reshape([n, hc, q, npt])
+
+
+class MSDeformableAttention(nn.Layer):
+    """Multi-scale deformable cross-attention around reference boxes.
+
+    Args:
+        embed_dim (int): c. num_heads (int): nh. num_levels (int): nl.
+        num_points (int|list[int]): sampling points per level (a list gives RT-DETRv2's per-level numbers).
+        method (str): 'default' (grid_sample) or 'discrete' (index gather; sampling offsets are frozen,
+            since the gather has no gradient with respect to the locations).
+        offset_scale (float): offsets are scaled by offset_scale * box size / np of the level (0.5 in v1 and v2).
+        lr_mult (float): learning-rate multiplier of `sampling_offsets` (official 0.1).
+        points_scale_in_state_dict (bool): keep `num_points_scale` (the 1/np of each point) in the state dict, as
+            RT-DETRv2 checkpoints do; v1 checkpoints do not have it.
+
+    forward(query [b, q, c], reference_points [b, q, 1, 4] normalised cxcywh, value [b, l, c],
+    spatial_shapes list of (h, w)) -> [b, q, c].
+    """
+
+    def __init__(self, embed_dim=256, num_heads=8, num_levels=4, num_points=4, method='default',
+                 offset_scale=0.5, lr_mult=0.1, points_scale_in_state_dict=False):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f'embed_dim {embed_dim} is not divisible by num_heads {num_heads}')
+        points = list(num_points) if isinstance(num_points, (list, tuple)) else [num_points] * num_levels
+        if len(points) != num_levels:
+            raise ValueError(f'num_decoder_points {points} must give one number per level ({num_levels} levels)')
+        self.embed_dim, self.num_heads, self.num_levels = embed_dim, num_heads, num_levels
+        self.num_points_list = points
+        self.method, self.offset_scale = method, offset_scale
+        self.head_dim = embed_dim // num_heads
+        total = num_heads * sum(points)
+        self.sampling_offsets = nn.Linear(embed_dim, total * 2,
+                                          weight_attr=paddle.ParamAttr(learning_rate=lr_mult),
+                                          bias_attr=paddle.ParamAttr(learning_rate=lr_mult))
+        self.attention_weights = nn.Linear(embed_dim, total)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        scale = paddle.to_tensor([1. / n for n in points for _ in range(n)], dtype='float32')
+        self.register_buffer('num_points_scale', scale, persistable=points_scale_in_state_dict)
+        if method == 'discrete':
+            for p in self.sampling_offsets.parameters():
+                p.stop_gradient = True
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        """Deformable DETR init: zero offset weights, bias points spread on rays around the reference point."""
+        nn.initializer.Constant(0.)(self.sampling_offsets.weight)
+        thetas = paddle.arange(self.num_heads, dtype='float32') * (2.0 * 3.141592653589793 / self.num_heads)
+        grid = paddle.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True)  # [nh, 2], on the unit square
+        # point i of a level sits at distance i + 1 along its head's ray
+        steps = paddle.concat([paddle.arange(1, n + 1, dtype='float32') for n in self.num_points_list])
+        bias = grid.unsqueeze(1) * steps.reshape([1, -1, 1])  # [nh, sum(np), 2]
+        self.sampling_offsets.bias.set_value(bias.flatten())
+        nn.initializer.Constant(0.)(self.attention_weights.weight)
+        nn.initializer.Constant(0.)(self.attention_weights.bias)
+        nn.initializer.XavierUniform()(self.value_proj.weight)
+        nn.initializer.Constant(0.)(self.value_proj.bias)
+        nn.initializer.XavierUniform()(self.output_proj.weight)
+        nn.initializer.Constant(0.)(self.output_proj.bias)
+
+    def forward(self, query, reference_points, value, spatial_shapes):
+        b, q = query.shape[:2]
+        total = sum(self.num_points_list)
+        # [b, l, c] -> [b, l, nh, c/nh]
+        value = self.value_proj(value).reshape([b, -1, self.num_heads, self.head_dim])
+        # [b, q, nh*sum(np)*2] -> [b, q, nh, sum(np), 2]
+        offsets = self.sampling_offsets(query).reshape([b, q, self.num_heads, total, 2])
+        weights = F.softmax(self.attention_weights(query).reshape([b, q, self.num_heads, total]), axis=-1)
+        if reference_points.shape[-1] != 4:
+            raise ValueError(f'reference_points must be boxes [b, q, 1, 4], got {reference_points.shape}')
+        # reference [b, q, 1, 4] -> [b, q, 1, 1, 4] to broadcast over heads and points
+        ref = reference_points.unsqueeze(2)
+        scale = self.num_points_scale.astype(query.dtype).unsqueeze(-1)  # [sum(np), 1]
+        locs = ref[..., :2] + offsets * scale * ref[..., 2:] * self.offset_scale
+        out = ms_deform_attn_core(value, spatial_shapes, locs, weights, self.num_points_list, self.method)
+        return self.output_proj(out)

@@ -1,0 +1,174 @@
+"""Hybrid encoder of RT-DETR: AIFI (intra-scale attention on the top level) + CCFM (cross-scale fusion)."""
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle import ParamAttr
+from paddle.regularizer import L2Decay
+from ppdet.core.workspace import register, serializable
+from ppdet.modeling.shape_spec import ShapeSpec
+
+from .layers import ConvBNAct, CSPRepLayer, MultiHeadAttention, get_activation
+
+__all__ = ['RTDETRHybridEncoder', 'sincos_position_embedding']
+
+
+def sincos_position_embedding(h, w, embed_dim=256, temperature=10000., dtype='float32'):
+    """2-D sin-cos position embedding of an h x w grid, [1, h*w, embed_dim], row-major tokens.
+
+    Token (r, c) gets [sin(r*f), cos(r*f), sin(c*f), cos(c*f)] with f = temperature^(-i / (embed_dim/4)).
+    The official code meshgrids (w, h) with 'ij' indexing and flattens that, which on a square grid gives
+    exactly this layout (the row index in the first half); we build it in token order so that a non-square
+    grid gets a coherent embedding instead of a scrambled one, and square grids keep the official numbers.
+    """
+    if embed_dim % 4:
+        raise ValueError(f'embed_dim {embed_dim} must be divisible by 4 for the 2-D sin-cos embedding')
+    pos_dim = embed_dim // 4
+    omega = 1. / temperature ** (paddle.arange(pos_dim, dtype=dtype) / pos_dim)
+    rows = paddle.arange(h, dtype=dtype).unsqueeze(1).expand([h, w]).flatten()  # [h*w]
+    cols = paddle.arange(w, dtype=dtype).unsqueeze(0).expand([h, w]).flatten()
+    out_r = rows.unsqueeze(1) * omega.unsqueeze(0)  # [h*w, pos_dim]
+    out_c = cols.unsqueeze(1) * omega.unsqueeze(0)
+    emb = paddle.concat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], axis=1)
+    return emb.unsqueeze(0)
+
+
+class TransformerEncoderLayer(nn.Layer):
+    """Post-norm transformer encoder layer (AIFI): self-attention with position embedding on q/k, then FFN."""
+
+    def __init__(self, d_model=256, nhead=8, dim_feedforward=1024, dropout=0., activation='gelu'):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, nhead, dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.activation = get_activation(activation)
+
+    def forward(self, src, pos_embed):
+        q = k = src + pos_embed
+        src = self.norm1(src + self.dropout(self.self_attn(q, k, src)))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
+        return self.norm2(src + self.dropout(ffn))
+
+
+class _EncoderStack(nn.Layer):
+    """`num_layers` encoder layers; keeps the official `encoder.{i}.layers.{j}` state-dict names."""
+
+    def __init__(self, num_layers, **layer_cfg):
+        super().__init__()
+        self.layers = nn.LayerList([TransformerEncoderLayer(**layer_cfg) for _ in range(num_layers)])
+
+    def forward(self, src, pos_embed):
+        for layer in self.layers:
+            src = layer(src, pos_embed)
+        return src
+
+
+@register
+@serializable
+class RTDETRHybridEncoder(nn.Layer):
+    """RT-DETR hybrid encoder (neck): AIFI on chosen levels, then top-down and bottom-up CCFM fusion.
+
+    Args:
+        in_channels (list[int]): channels of the backbone levels (from `out_shape`).
+        feat_strides (list[int]): their strides.
+        hidden_dim (int): c, channels of every output level.
+        use_encoder_idx (list[int]): levels that get the AIFI transformer (official: the last, [2]).
+        num_encoder_layers (int): AIFI layers per chosen level; 0 disables AIFI.
+        encoder_layer (dict): `TransformerEncoderLayer` options (nhead, dim_feedforward, dropout, activation);
+            `d_model` is always hidden_dim.
+        pe_temperature (float): sin-cos position embedding temperature.
+        expansion (float): CSPRepLayer hidden-channel ratio (R18/R34: 0.5, R50/R101: 1.0).
+        depth_mult (float): RepVGG blocks per CSPRepLayer = round(3 * depth_mult).
+        act (str): activation of the CCFM convs.
+        trt (bool): compute the activations with TensorRT-friendly ops (same function, see `get_activation`).
+        eval_size (list[int]|None): [h, w] of eval/export inputs; when set the position embeddings of those
+            sizes are precomputed as non-persistable buffers (out of checkpoints, follow `.to()`).
+
+    Inputs: list of nl feature maps [b, c_i, h_i, w_i]. Returns: list of nl maps [b, hidden_dim, h_i, w_i].
+    """
+    __shared__ = ['hidden_dim', 'eval_size', 'trt']
+
+    def __init__(self, in_channels=[512, 1024, 2048], feat_strides=[8, 16, 32], hidden_dim=256,
+                 use_encoder_idx=[2], num_encoder_layers=1, encoder_layer=None, pe_temperature=10000.,
+                 expansion=1.0, depth_mult=1.0, act='silu', trt=False, eval_size=None):
+        super().__init__()
+        self.in_channels = list(in_channels)
+        self.feat_strides = list(feat_strides)
+        self.hidden_dim = hidden_dim
+        self.use_encoder_idx = list(use_encoder_idx)
+        self.num_encoder_layers = num_encoder_layers
+        self.pe_temperature = pe_temperature
+        self.eval_size = list(eval_size) if eval_size else None
+
+        self.input_proj = nn.LayerList([
+            nn.Sequential(nn.Conv2D(c, hidden_dim, 1, bias_attr=False),
+                          nn.BatchNorm2D(hidden_dim, weight_attr=ParamAttr(regularizer=L2Decay(0.0)),
+                                         bias_attr=ParamAttr(regularizer=L2Decay(0.0))))
+            for c in self.in_channels])
+        layer_cfg = dict(encoder_layer or {})
+        layer_cfg.pop('name', None)  # official configs name the layer class; ours is fixed
+        layer_cfg['d_model'] = hidden_dim
+        self.encoder = nn.LayerList([_EncoderStack(num_encoder_layers, **layer_cfg)
+                                     for _ in self.use_encoder_idx])
+
+        n = len(self.in_channels)
+        num_blocks = round(3 * depth_mult)
+        self.lateral_convs = nn.LayerList([ConvBNAct(hidden_dim, hidden_dim, 1, 1, act, trt) for _ in range(n - 1)])
+        self.fpn_blocks = nn.LayerList([CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act, trt)
+                                        for _ in range(n - 1)])
+        self.downsample_convs = nn.LayerList([ConvBNAct(hidden_dim, hidden_dim, 3, 2, act, trt)
+                                              for _ in range(n - 1)])
+        self.pan_blocks = nn.LayerList([CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act, trt)
+                                        for _ in range(n - 1)])
+        if self.eval_size:
+            for idx in self.use_encoder_idx:
+                s = self.feat_strides[idx]
+                pe = sincos_position_embedding(self.eval_size[0] // s, self.eval_size[1] // s,
+                                               hidden_dim, pe_temperature)
+                self.register_buffer(f'pos_embed{idx}', pe, persistable=False)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {'in_channels': [s.channels for s in input_shape],
+                'feat_strides': [s.stride for s in input_shape]}
+
+    def _pos_embed(self, idx, h, w):
+        cached = getattr(self, f'pos_embed{idx}', None)
+        if self.training or cached is None or cached.shape[1] != h * w:
+            return sincos_position_embedding(h, w, self.hidden_dim, self.pe_temperature)
+        return cached
+
+    def forward(self, feats, for_mot=False):
+        if len(feats) != len(self.in_channels):
+            raise ValueError(f'RTDETRHybridEncoder expects {len(self.in_channels)} feature levels, '
+                             f'got {len(feats)}')
+        proj = [self.input_proj[i](f) for i, f in enumerate(feats)]
+        for i, idx in enumerate(self.use_encoder_idx):
+            h, w = proj[idx].shape[2:]
+            # [b, c, h, w] -> [b, h*w, c]
+            src = proj[idx].flatten(2).transpose([0, 2, 1])
+            memory = self.encoder[i](src, self._pos_embed(idx, h, w))
+            # [b, h*w, c] -> [b, c, h, w]
+            proj[idx] = memory.transpose([0, 2, 1]).reshape([-1, self.hidden_dim, h, w])
+
+        # top-down (FPN): inner[0] is always the coarsest fused map so far
+        n = len(self.in_channels)
+        inner = [proj[-1]]
+        for k, idx in enumerate(range(n - 1, 0, -1)):
+            high = self.lateral_convs[k](inner[0])
+            inner[0] = high
+            up = F.interpolate(high, size=proj[idx - 1].shape[2:], mode='nearest')
+            inner.insert(0, self.fpn_blocks[k](paddle.concat([up, proj[idx - 1]], axis=1)))
+
+        # bottom-up (PAN)
+        outs = [inner[0]]
+        for k in range(n - 1):
+            down = self.downsample_convs[k](outs[-1])
+            outs.append(self.pan_blocks[k](paddle.concat([down, inner[k + 1]], axis=1)))
+        return outs
+
+    @property
+    def out_shape(self):
+        return [ShapeSpec(channels=self.hidden_dim, stride=s) for s in self.feat_strides]
