@@ -1,2 +1,8 @@
 """Every registered module, imported in one place (importing registers them with ppdet)."""
 from . import resnet  # noqa: F401
+from . import hgnetv2  # noqa: F401
+from . import hybrid_encoder  # noqa: F401
+from . import transformer  # noqa: F401
+from . import head  # noqa: F401
+from . import postprocess  # noqa: F401
+from . import architecture  # noqa: F401
