@@ -6,3 +6,5 @@ from . import transformer  # noqa: F401
 from . import head  # noqa: F401
 from . import postprocess  # noqa: F401
 from . import architecture  # noqa: F401
+from . import matcher  # noqa: F401
+from . import criterion  # noqa: F401

@@ -40,6 +40,10 @@ def _ref_overlap(a, b, mode):
     return diou - alpha * v
 
 
+def _pairwise_iou_only(a, b):
+    return box_ops.pairwise_iou(a, b)[0]
+
+
 def _t(x, dtype='float64'):
     return paddle.to_tensor(np.asarray(x, dtype=dtype))
 
@@ -67,7 +71,8 @@ def test_inverse_sigmoid_clips_then_inverts():
     assert err < 1e-12, f'inverse_sigmoid max err {err}'
     # interior points invert the sigmoid exactly
     inner = 1 / (1 + np.exp(-got[3:6]))
-    np.testing.assert_allclose(inner, x[3:6], rtol=1e-12, err_msg='sigmoid(inverse_sigmoid(x)) != x')
+    np.testing.assert_allclose(inner, x[3:6], rtol=1e-12,
+                               err_msg='sigmoid(inverse_sigmoid(x)) != x')
 
 
 def test_box_area_and_pairwise_iou_giou_match_reference():
@@ -104,13 +109,13 @@ def test_aligned_iou_matches_reference(mode):
     assert abs(got[0] - 1) < 1e-9, f'identical boxes give {got[0]}'
     # the pairwise version agrees on the diagonal
     if mode in ('iou', 'giou'):
-        fn = box_ops.pairwise_giou if mode == 'giou' else (lambda x, y: box_ops.pairwise_iou(x, y)[0])
+        fn = box_ops.pairwise_giou if mode == 'giou' else _pairwise_iou_only
         diag = np.diag(fn(_t(a), _t(b)).numpy())
         assert np.abs(diag - got).max() < 1e-12
 
 
 def test_aligned_iou_modes_are_ordered():
-    # diou and ciou only subtract non-negative penalties; giou's penalty differs, so only iou bounds it
+    # every mode subtracts a non-negative penalty from iou, and ciou's adds to diou's
     rng = np.random.default_rng(3)
     a, b = _t(_random_xyxy(rng, 32)), _t(_random_xyxy(rng, 32))
     iou, giou, diou, ciou = (box_ops.aligned_iou(a, b, m).numpy() for m in box_ops.IOU_MODES)
@@ -141,7 +146,7 @@ def test_degenerate_boxes_give_finite_values_and_gradients(mode):
     assert (out.numpy() <= 1).all() and (out.numpy() >= -1).all()
 
     if mode in ('iou', 'giou'):
-        fn = box_ops.pairwise_giou if mode == 'giou' else (lambda x, y: box_ops.pairwise_iou(x, y)[0])
+        fn = box_ops.pairwise_giou if mode == 'giou' else _pairwise_iou_only
         pair = fn(box_ops.cxcywh_to_xyxy(paddle.to_tensor(pred_cxcywh)), gt).numpy()
         assert np.isfinite(pair).all(), f'pairwise {mode} on degenerate boxes: {pair}'
 
@@ -153,8 +158,9 @@ def test_ciou_alpha_carries_no_gradient():
     p0 = np.array([0.25, 0.15, 0.7, 0.45])
 
     def ciou_frozen_alpha(p, alpha):
-        return _ref_overlap(p, gt, 'diou') - alpha * 4 / math.pi**2 * (
-            math.atan((gt[2] - gt[0]) / (gt[3] - gt[1])) - math.atan((p[2] - p[0]) / (p[3] - p[1])))**2
+        aspect_diff = (math.atan((gt[2] - gt[0]) / (gt[3] - gt[1])) -
+                       math.atan((p[2] - p[0]) / (p[3] - p[1])))
+        return _ref_overlap(p, gt, 'diou') - alpha * 4 / math.pi**2 * aspect_diff**2
 
     iou0 = _ref_overlap(p0, gt, 'iou')
     v0 = 4 / math.pi**2 * (math.atan(0.4 / 0.3) - math.atan(0.45 / 0.3))**2

@@ -1,4 +1,4 @@
-"""RTDETRHungarianMatcher: batch invariance, empty targets, known and brute-force optimal matches."""
+"""RTDETRHungarianMatcher: batch invariance, empty targets, known and brute-force optimal match."""
 import itertools
 import math
 
