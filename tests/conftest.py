@@ -9,13 +9,32 @@ REFERENCE = os.path.join(os.path.dirname(ROOT), 'shared', 'reference')
 TINY_CFG = os.path.join(ROOT, 'configs', 'tests', 'rtdetr_tiny.yml')
 
 
+_REGISTRY = None
+
+
+def fresh_config(path, **overrides):
+    """Load a config into a clean ppdet workspace (ppdet merges every load into one global dict, so keys of
+    an earlier config would leak into the next one), then merge top-level overrides."""
+    global _REGISTRY
+    import copy
+
+    import ppdet_rtdetr  # noqa: F401  (registers modules)
+    from ppdet.core import workspace
+    # shallow copies: a SchemaDict holds its module object (not deep-copyable); loads only set its items
+    if _REGISTRY is None:
+        _REGISTRY = {k: copy.copy(v) for k, v in workspace.global_config.items()}
+    workspace.global_config.clear()
+    workspace.global_config.update({k: copy.copy(v) for k, v in _REGISTRY.items()})
+    cfg = workspace.load_config(path)
+    if overrides:
+        workspace.merge_config(overrides)
+    return cfg
+
+
 def build_from_config(path, **overrides):
     """Build the architecture of a config file (with top-level overrides), in train mode."""
-    import ppdet_rtdetr  # noqa: F401  (registers modules)
-    from ppdet.core.workspace import create, load_config, merge_config
-    cfg = load_config(path)
-    if overrides:
-        merge_config(overrides)
+    from ppdet.core.workspace import create
+    cfg = fresh_config(path, **overrides)
     return create(cfg.architecture)
 
 

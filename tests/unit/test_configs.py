@@ -1,0 +1,108 @@
+"""Every config builds on CPU, and state-dict layouts equal the official checkpoints' (names and shapes)."""
+import glob
+import os
+
+import pytest
+
+from conftest import REFERENCE, ROOT, build_from_config, fresh_config
+
+LEAVES = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.yml'), recursive=True)
+                if '_base_' not in p and os.sep + 'datasets' + os.sep not in p and not p.endswith('runtime.yml'))
+
+
+def _ref(name):
+    """{key: shape} of a reference key list (name<TAB>shape<TAB>dtype)."""
+    out = {}
+    with open(os.path.join(REFERENCE, name)) as f:
+        for line in f:
+            key, shape, _ = line.rstrip('\n').split('\t')
+            out[key] = tuple(int(d) for d in shape.strip('[]').split(',') if d.strip())
+    return out
+
+
+def _layout(model):
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _diff(got, want):
+    missing = sorted(set(want) - set(got))[:5]
+    unexpected = sorted(set(got) - set(want))[:5]
+    shapes = [(k, got[k], want[k]) for k in sorted(set(got) & set(want)) if got[k] != want[k]][:5]
+    return f'missing {missing}, unexpected {unexpected}, shape mismatches {shapes}'
+
+
+def _with_decoder_layers(layout, n):
+    """The non-backbone part of a layout with n decoder layers, by copying layer / head 0."""
+    out = {}
+    for k, v in layout.items():
+        for prefix in ('transformer.decoder.layers.', 'transformer.dec_score_head.', 'transformer.dec_bbox_head.'):
+            if k.startswith(prefix):
+                idx, rest = k[len(prefix):].split('.', 1)
+                if idx == '0':
+                    out.update({f'{prefix}{i}.{rest}': v for i in range(n)})
+                break
+        else:
+            out[k] = v
+    return out
+
+
+def _part(layout, prefix, keep=True):
+    return {k: v for k, v in layout.items() if k.startswith(prefix) == keep}
+
+
+def test_every_config_is_found():
+    names = {os.path.basename(p) for p in LEAVES}
+    for want in ('rtdetr_r18vd_6x_coco.yml', 'rtdetr_r34vd_6x_coco.yml', 'rtdetr_r50vd_m_6x_coco.yml',
+                 'rtdetr_r50vd_6x_coco.yml', 'rtdetr_r101vd_6x_coco.yml', 'rtdetr_tiny.yml'):
+        assert want in names
+
+
+@pytest.mark.parametrize('path', LEAVES, ids=[os.path.relpath(p, ROOT) for p in LEAVES])
+def test_config_builds_on_cpu(path):
+    cfg = fresh_config(path)
+    assert cfg['architecture'] == 'RTDETRDetector', f'{path}: architecture {cfg["architecture"]}'
+    from ppdet.core.workspace import create
+    model = create(cfg.architecture)
+    assert len(model.state_dict()) > 100
+
+
+@pytest.mark.parametrize('config, ref', [('rtdetr_r18vd_6x_coco.yml', 'rtdetr_r18vd_keys.txt'),
+                                         ('rtdetr_r50vd_6x_coco.yml', 'rtdetr_r50vd_keys.txt')])
+def test_official_layouts(config, ref):
+    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', config)))
+    want = _ref(ref)
+    assert got == want, _diff(got, want)
+
+
+def test_r34_layout_follows_the_naming_rules():
+    from ppdet.modeling.backbones.resnet import ResNet
+    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r34vd_6x_coco.yml')))
+    backbone = {'backbone.' + k: tuple(v.shape) for k, v in
+                ResNet(depth=34, variant='d', return_idx=[1, 2, 3], freeze_norm=False).state_dict().items()}
+    want = dict(backbone, **_with_decoder_layers(_part(_ref('rtdetr_r18vd_keys.txt'), 'backbone.', False), 4))
+    assert got == want, _diff(got, want)
+
+
+def test_r50_m_layout_follows_the_naming_rules():
+    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r50vd_m_6x_coco.yml')))
+    r50, r18 = _ref('rtdetr_r50vd_keys.txt'), _ref('rtdetr_r18vd_keys.txt')
+    # R50 backbone and 6-layer decoder; the expansion-0.5 encoder of R18 fed by R50's channels
+    want = dict(_part(r50, 'neck.', False), **_part(_part(r18, 'neck.'), 'neck.input_proj', False),
+                **_part(r50, 'neck.input_proj'))
+    assert got == want, _diff(got, want)
+
+
+def test_r101_layout_follows_the_naming_rules():
+    from ppdet.modeling.backbones.resnet import ResNet
+    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r101vd_6x_coco.yml')))
+    backbone = {'backbone.' + k: tuple(v.shape) for k, v in
+                ResNet(depth=101, variant='d', return_idx=[1, 2, 3]).state_dict().items()}
+    assert _part(got, 'backbone.') == backbone, _diff(_part(got, 'backbone.'), backbone)
+    assert 'backbone.res4.res4b22.branch2c.conv.weight' in got
+    # encoder width 384 with FFN 2048; the decoder stays at 256 and projects 384 -> 256
+    assert got['neck.input_proj.2.0.weight'] == (384, 2048, 1, 1)
+    assert got['neck.encoder.0.layers.0.linear1.weight'] == (384, 2048)
+    assert got['neck.fpn_blocks.0.conv1.conv.weight'] == (384, 768, 1, 1)
+    assert got['transformer.input_proj.0.conv.weight'] == (256, 384, 1, 1)
+    r50 = _ref('rtdetr_r50vd_keys.txt')
+    assert set(_part(got, 'backbone.', False)) == set(_part(r50, 'backbone.', False))

@@ -1,0 +1,112 @@
+"""Multi-scale deformable attention: grid_sample path vs an explicit bilinear loop, forward and gradient."""
+import numpy as np
+import paddle
+
+from ppdet_rtdetr.modeling.deformable_attn import ms_deform_attn_core
+
+
+def _bilinear(img, x, y):
+    """img [c, h, w]; x, y pixel coordinates with pixel centres at i + 0.5 (align_corners=False), zero outside."""
+    c, h, w = img.shape
+    u, v = x - 0.5, y - 0.5
+    x0, y0 = int(np.floor(u)), int(np.floor(v))
+    out = np.zeros(c)
+    for yy, wy in ((y0, 1 - (v - y0)), (y0 + 1, v - y0)):
+        for xx, wx in ((x0, 1 - (u - x0)), (x0 + 1, u - x0)):
+            if 0 <= yy < h and 0 <= xx < w:
+                out += wx * wy * img[:, yy, xx]
+    return out
+
+
+def _slow_reference(value, shapes, locs, weights, points):
+    """Explicit loops over batch, query, head, level, point."""
+    b, _, nh, hc = value.shape
+    q = locs.shape[1]
+    starts = np.cumsum([0] + [h * w for h, w in shapes])
+    out = np.zeros((b, q, nh * hc))
+    for bi in range(b):
+        for qi in range(q):
+            for hi in range(nh):
+                acc = np.zeros(hc)
+                p = 0
+                for lvl, (h, w) in enumerate(shapes):
+                    img = value[bi, starts[lvl]:starts[lvl + 1], hi].T.reshape(hc, h, w)
+                    for _ in range(points[lvl]):
+                        x, y = locs[bi, qi, hi, p]
+                        acc += weights[bi, qi, hi, p] * _bilinear(img, x * w, y * h)
+                        p += 1
+                out[bi, qi, hi * hc:(hi + 1) * hc] = acc
+    return out
+
+
+def _inputs(points, shapes=((5, 7), (3, 4), (1, 3)), b=2, q=3, nh=2, hc=3, seed=0):
+    rng = np.random.default_rng(seed)
+    l = sum(h * w for h, w in shapes)
+    value = rng.standard_normal((b, l, nh, hc))
+    # locations partly outside [0, 1] to exercise the zero padding
+    locs = rng.uniform(-0.1, 1.1, (b, q, nh, sum(points), 2))
+    weights = rng.uniform(0, 1, (b, q, nh, sum(points)))
+    return value, list(shapes), locs, weights
+
+
+def test_grid_sample_path_equals_bilinear_loop_odd_sizes():
+    for points in ([2, 2, 2], [3, 1, 2]):
+        value, shapes, locs, weights = _inputs(points)
+        got = ms_deform_attn_core(paddle.to_tensor(value), shapes, paddle.to_tensor(locs),
+                                  paddle.to_tensor(weights), points).numpy()
+        want = _slow_reference(value, shapes, locs, weights, points)
+        err = np.abs(got - want).max()
+        assert err < 1e-9, f'points {points}: max error {err}'
+
+
+def test_gradients_equal_finite_differences_of_the_loop():
+    points = [2, 1, 1]
+    value, shapes, locs, weights = _inputs(points, b=1, q=2, seed=1)
+    v = paddle.to_tensor(value, stop_gradient=False)
+    p = paddle.to_tensor(locs, stop_gradient=False)
+    w = paddle.to_tensor(weights, stop_gradient=False)
+    cot = np.random.default_rng(2).standard_normal((1, 2, 6))
+    (ms_deform_attn_core(v, shapes, p, w, points) * paddle.to_tensor(cot)).sum().backward()
+
+    def f(value_, locs_, weights_):
+        return (_slow_reference(value_, shapes, locs_, weights_, points) * cot).sum()
+
+    eps = 1e-6
+    base = (value, locs, weights)
+    for idx, (name, grad) in enumerate((('value', v.grad.numpy()), ('locations', p.grad.numpy()),
+                                        ('weights', w.grad.numpy()))):
+        flat = base[idx].reshape(-1)
+        for i in np.random.default_rng(3).choice(flat.size, 12, replace=False):
+            shifted = []
+            for sign in (1, -1):
+                arr = flat.copy()
+                arr[i] += sign * eps
+                args = list(base)
+                args[idx] = arr.reshape(base[idx].shape)
+                shifted.append(f(*args))
+            num = (shifted[0] - shifted[1]) / (2 * eps)
+            assert abs(num - grad.reshape(-1)[i]) < 1e-5, f'{name}[{i}]: autograd {grad.reshape(-1)[i]} vs {num}'
+
+
+def test_discrete_sampler_equals_nearest_pixel_formula():
+    points = [2, 3, 1]
+    value, shapes, locs, weights = _inputs(points, seed=4)
+    got = ms_deform_attn_core(paddle.to_tensor(value), shapes, paddle.to_tensor(locs), paddle.to_tensor(weights),
+                              points, method='discrete').numpy()
+    b, _, nh, hc = value.shape
+    starts = np.cumsum([0] + [h * w for h, w in shapes])
+    want = np.zeros_like(got)
+    for bi in range(b):
+        for qi in range(locs.shape[1]):
+            for hi in range(nh):
+                p = 0
+                for lvl, (h, w) in enumerate(shapes):
+                    for _ in range(points[lvl]):
+                        x, y = locs[bi, qi, hi, p]
+                        col = min(max(int(np.floor(x * w + 0.5)), 0), w - 1)
+                        row = min(max(int(np.floor(y * h + 0.5)), 0), h - 1)
+                        want[bi, qi, hi * hc:(hi + 1) * hc] += weights[bi, qi, hi, p] * \
+                            value[bi, starts[lvl] + row * w + col, hi]
+                        p += 1
+    err = np.abs(got - want).max()
+    assert err < 1e-9, f'max error {err}'
