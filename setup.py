@@ -17,6 +17,9 @@ setup(
         # while `import ppdet` imports sklearn.
         'numpy<1.24',
         'scikit-learn<1.6',
+        # `import ppdet` imports pkg_resources, which newer setuptools no longer ship (torch / onnx installs
+        # upgrade setuptools and break ppdet otherwise)
+        'setuptools<81',
         'scipy',
         'pyyaml',
     ],
