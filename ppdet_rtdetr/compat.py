@@ -11,10 +11,12 @@ first); applying them again is a no-op. A patched function keeps the original re
 import functools
 import inspect
 import types
+from collections.abc import Mapping
 
 import paddle
 from PIL import ImageDraw
 
+from ppdet.core import workspace
 from ppdet.engine import trainer as ppdet_trainer
 from ppdet.optimizer import ema as ppdet_ema
 from ppdet.utils.logger import setup_logger
@@ -118,11 +120,53 @@ def _fix_ema_filter_no_grad():
         ppdet_ema.ModelEMA.__init__ = _ema_init_with_no_grad_filter(ppdet_ema.ModelEMA.__init__)
 
 
+# ppdet 2.6.0's dict_merge replaces a config value that is an object (a dataset written
+# `TrainDataset: !COCODataSet`) by the mapping merged into it, so `-o TrainDataset.dataset_dir=x`
+# turns the dataset into a plain dict and Trainer fails with "The module TrainDataset is not
+# registered". Merging a mapping into such an object now sets its attributes instead.
+def _merge_into_objects(dict_merge):
+    @functools.wraps(dict_merge)
+    def merge(dct, merge_dct):
+        plain = {}
+        for key, value in merge_dct.items():
+            target = dct.get(key)
+            if isinstance(value, Mapping) and _is_config_object(target):
+                _set_attributes(key, target, value)
+            else:
+                plain[key] = value
+        return dict_merge(dct, plain)
+
+    return merge
+
+
+def _is_config_object(value):
+    return hasattr(value, '__dict__') and not isinstance(value, (dict, type, types.ModuleType))
+
+
+def _set_attributes(key, target, values):
+    for name, value in values.items():
+        if not hasattr(target, name):
+            raise AttributeError('cannot set {}.{}: {} has no attribute {!r}'.format(
+                key, name, type(target).__name__, name))
+        current = getattr(target, name)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            workspace.dict_merge(current, value)
+        else:
+            setattr(target, name, value)
+
+
+def _fix_merge_into_objects():
+    if not hasattr(workspace.dict_merge, '__wrapped__'):
+        # merge_config and dict_merge's own recursion look the name up in the module at call time
+        workspace.dict_merge = _merge_into_objects(workspace.dict_merge)
+
+
 def apply():
     """Install every shim (idempotent)."""
     _add_pillow_textsize()
     _full_graph_export_in_trainer()
     _fix_ema_filter_no_grad()
+    _fix_merge_into_objects()
 
 
 # ppdet 2.6.0's tools call paddle.set_device('gpu') when the config says `use_gpu: true`, which on a

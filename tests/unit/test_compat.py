@@ -9,7 +9,9 @@ from paddle.static import InputSpec
 from PIL import Image, ImageDraw
 
 import ppdet_rtdetr  # noqa: F401  (applies the shims)
-from ppdet.core.workspace import AttrDict
+from ppdet.core import workspace
+from ppdet.core.workspace import AttrDict, create, merge_config
+from ppdet.data.source.coco import COCODataSet
 from ppdet.data.transform.operators import Decode
 from ppdet.engine import trainer as ppdet_trainer
 from ppdet.engine.export_utils import _prune_input_spec
@@ -147,12 +149,44 @@ def test_resolve_device_keeps_an_available_accelerator(monkeypatch):
     assert dict(cfg) == {'use_gpu': False, 'use_xpu': True}
 
 
+@pytest.fixture
+def dataset_in_global_config():
+    name = 'CompatTestDataset'  # a key no config uses, removed afterwards
+    workspace.global_config[name] = COCODataSet(dataset_dir='dataset/coco', image_dir='val2017',
+                                                anno_path='annotations/val.json')
+    workspace.global_config['CompatTestReader'] = {'batch_size': 2, 'inputs_def': {'num_max_boxes': 9}}
+    yield name
+    del workspace.global_config[name], workspace.global_config['CompatTestReader']
+
+
+def test_dash_o_overrides_set_dataset_attributes(dataset_in_global_config):
+    name = dataset_in_global_config
+    override = {name: {'dataset_dir': '/data/shapes', 'anno_path': 'annotations/instances_val.json'}}
+    unpatched = workspace.dict_merge.__wrapped__({name: create(name)}, override)
+    assert unpatched[name] == override[name], 'ppdet 2.6.0 replaces the dataset by the dict'
+
+    dataset = create(name)
+    merge_config(override)
+    assert create(name) is dataset, 'the dataset object must survive the override'
+    assert (dataset.dataset_dir, dataset.image_dir, dataset.anno_path) == (
+        '/data/shapes', 'val2017', 'annotations/instances_val.json')
+    assert dataset.get_anno() == '/data/shapes/annotations/instances_val.json'
+    merge_config({'CompatTestReader': {'inputs_def': {'num_max_boxes': 20}}})
+    assert workspace.global_config['CompatTestReader'] == {'batch_size': 2,
+                                                           'inputs_def': {'num_max_boxes': 20}}
+    with pytest.raises(AttributeError, match="cannot set {}.anno_file: COCODataSet has no "
+                                             "attribute 'anno_file'".format(name)):
+        merge_config({name: {'anno_file': 'typo.json'}})
+
+
 def test_apply_is_idempotent():
-    view, ema_init = ppdet_trainer.paddle, ModelEMA.__init__
+    view, ema_init, merge = ppdet_trainer.paddle, ModelEMA.__init__, workspace.dict_merge
     compat.apply()
     compat.apply()
     assert ppdet_trainer.paddle is view and ModelEMA.__init__ is ema_init
+    assert workspace.dict_merge is merge
     assert not hasattr(ModelEMA.__init__.__wrapped__, '__wrapped__'), 'ModelEMA wrapped twice'
+    assert not hasattr(workspace.dict_merge.__wrapped__, '__wrapped__'), 'dict_merge wrapped twice'
     assert ImageDraw.ImageDraw.textsize is compat._textsize
 
 

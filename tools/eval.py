@@ -1,0 +1,55 @@
+"""Evaluate trained weights with ppdet's Trainer, as PaddleDetection's tools/eval.py does.
+
+    python tools/eval.py -c configs/rtdetr/rtdetr_r50vd_6x_coco.yml -o weights=output/best_model
+        [--classwise] [--output_eval dir --save_prediction_only] [--json_eval --output_eval dir]
+"""
+import ppdet_rtdetr  # noqa: F401  (registers modules)
+from ppdet.core.workspace import create, load_config, merge_config
+from ppdet.engine import Trainer, init_parallel_env
+from ppdet.metrics.coco_utils import json_eval_results
+from ppdet.utils.check import check_config, check_version
+from ppdet.utils.cli import ArgsParser, merge_args
+
+from ppdet_rtdetr.compat import resolve_device
+
+
+def parse_args(argv=None):
+    parser = ArgsParser()
+    parser.add_argument('--output_eval', default=None,
+                        help='directory for the prediction JSON (default: current directory)')
+    parser.add_argument('--json_eval', action='store_true',
+                        help='score the bbox.json already in --output_eval, without a model')
+    parser.add_argument('--slim_config', default=None, help='PaddleSlim config to apply')
+    parser.add_argument('--classwise', action='store_true', help='also print per-class AP')
+    parser.add_argument('--save_prediction_only', action='store_true',
+                        help='save predictions without computing the metric')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (ppdet enables it on GPU/NPU/MLU only)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    merge_args(cfg, args)
+    merge_config(args.opt)
+    resolve_device(cfg)
+    if args.slim_config:
+        from ppdet.slim import build_slim_model
+        cfg = build_slim_model(cfg, args.slim_config, mode='eval')
+        merge_config(args.opt)  # the slim config must not override the command line
+    check_config(cfg)
+    check_version()
+
+    if args.json_eval:
+        json_eval_results(cfg.metric, json_directory=args.output_eval,
+                          dataset=create('EvalDataset')())
+        return
+    init_parallel_env()
+    trainer = Trainer(cfg, mode='eval')
+    trainer.load_weights(cfg.weights)
+    trainer.evaluate()
+
+
+if __name__ == '__main__':
+    main()

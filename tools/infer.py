@@ -1,0 +1,88 @@
+"""Detect objects in images with ppdet's Trainer, as PaddleDetection's tools/infer.py does.
+
+    python tools/infer.py -c configs/rtdetr/rtdetr_r50vd_6x_coco.yml -o weights=output/best_model
+        --infer_img demo.jpg | --infer_dir images/ [--draw_threshold 0.5 --output_dir output]
+        [--save_results]
+
+Writes one picture with the boxes drawn per image to --output_dir and, with --save_results, the
+detections of all images to --output_dir/bbox.json (COCO result format).
+"""
+import glob
+import os
+
+import ppdet_rtdetr  # noqa: F401  (registers modules)
+from ppdet.core.workspace import load_config, merge_config
+from ppdet.engine import Trainer
+from ppdet.utils.check import check_config, check_version
+from ppdet.utils.cli import ArgsParser, merge_args
+from ppdet.utils.logger import setup_logger
+
+from ppdet_rtdetr.compat import resolve_device
+
+logger = setup_logger('infer')
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+
+
+def parse_args(argv=None):
+    parser = ArgsParser()
+    parser.add_argument('--infer_img', default=None, help='one image (wins over --infer_dir)')
+    parser.add_argument('--infer_dir', default=None, help='a directory of images')
+    parser.add_argument('--output_dir', default='output', help='where drawn images are written')
+    parser.add_argument('--draw_threshold', type=float, default=0.5,
+                        help='lowest score that is drawn')
+    parser.add_argument('--save_results', action='store_true',
+                        help='also write the detections to output_dir/bbox.json')
+    parser.add_argument('--no_visualize', dest='visualize', action='store_false',
+                        help='skip drawing (e.g. with --save_results only)')
+    parser.add_argument('--slim_config', default=None, help='PaddleSlim config to apply')
+    parser.add_argument('--use_vdl', action='store_true', help='log drawn images to VisualDL')
+    parser.add_argument('--vdl_log_dir', default='vdl_log_dir/image', help='VisualDL log dir')
+    args = parser.parse_args(argv)
+    if args.infer_img is None and args.infer_dir is None:
+        parser.error('one of --infer_img or --infer_dir is required')
+    return args
+
+
+def find_images(infer_img=None, infer_dir=None):
+    """The image(s) to run on: `infer_img` if given, else the images directly in `infer_dir`.
+
+    Returns:
+        list[str]: sorted paths, so that results come in a stable order.
+    """
+    if infer_img:
+        if not os.path.isfile(infer_img):
+            raise FileNotFoundError('--infer_img {} is not a file'.format(infer_img))
+        return [infer_img]
+    if not os.path.isdir(infer_dir):
+        raise NotADirectoryError('--infer_dir {} is not a directory'.format(infer_dir))
+    images = sorted(path for path in glob.glob(os.path.join(infer_dir, '*'))
+                    if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise FileNotFoundError('no {} image in {}'.format('/'.join(IMAGE_EXTENSIONS), infer_dir))
+    logger.info('Found {} images in {}.'.format(len(images), infer_dir))
+    return images
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    merge_args(cfg, args)
+    merge_config(args.opt)
+    resolve_device(cfg)
+    if args.slim_config:
+        from ppdet.slim import build_slim_model
+        cfg = build_slim_model(cfg, args.slim_config, mode='test')
+        merge_config(args.opt)  # the slim config must not override the command line
+    check_config(cfg)
+    check_version()
+
+    trainer = Trainer(cfg, mode='test')
+    trainer.load_weights(cfg.weights)
+    images = find_images(args.infer_img, args.infer_dir)
+    trainer.predict(images, draw_threshold=args.draw_threshold, output_dir=args.output_dir,
+                    save_results=args.save_results, visualize=args.visualize)
+
+
+if __name__ == '__main__':
+    main()

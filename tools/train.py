@@ -1,0 +1,82 @@
+"""Train an RT-DETR config with ppdet's Trainer, as PaddleDetection's tools/train.py does.
+
+    python tools/train.py -c configs/rtdetr/rtdetr_r50vd_6x_coco.yml --eval [-r output/x/10] [--amp]
+        [--use_vdl --vdl_log_dir vdl/] [-o key=value ...]
+
+`use_gpu: true` in a config falls back to CPU on a CPU-only Paddle build (see compat.resolve_device).
+"""
+import argparse
+
+import ppdet_rtdetr  # noqa: F401  (registers modules)
+from ppdet.core.workspace import load_config, merge_config
+from ppdet.engine import Trainer, init_fleet_env, init_parallel_env, set_random_seed
+from ppdet.utils.check import check_config, check_version
+from ppdet.utils.cli import ArgsParser, merge_args
+from ppdet.utils.logger import setup_logger
+
+from ppdet_rtdetr.compat import resolve_device
+
+logger = setup_logger('train')
+
+
+def str2bool(value):
+    """Accept both `--use_vdl` and ppdet's `--use_vdl True` spelling."""
+    if value.lower() in ('true', 't', 'yes', 'y', '1'):
+        return True
+    if value.lower() in ('false', 'f', 'no', 'n', '0'):
+        return False
+    raise argparse.ArgumentTypeError('expected a boolean, got {!r}'.format(value))
+
+
+def parse_args(argv=None):
+    parser = ArgsParser()
+    parser.add_argument('--eval', action='store_true', help='evaluate after every snapshot epoch')
+    parser.add_argument('-r', '--resume', default=None, help='checkpoint (path without suffix)')
+    parser.add_argument('--slim_config', default=None, help='PaddleSlim config to apply')
+    parser.add_argument('--enable_ce', action='store_true', help='fix the random seeds to 0')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (ppdet enables it on GPU/NPU/MLU only)')
+    parser.add_argument('--fleet', action='store_true', help='use fleet for distributed training')
+    parser.add_argument('--use_vdl', type=str2bool, nargs='?', const=True, default=False,
+                        help='log scalars to VisualDL')
+    parser.add_argument('--vdl_log_dir', default='vdl_log_dir/scalar', help='VisualDL log dir')
+    parser.add_argument('--save_prediction_only', action='store_true',
+                        help='in --eval, save predictions without computing the metric')
+    parser.add_argument('--profiler_options', default=None, help='ppdet profiler options')
+    parser.add_argument('--to_static', action='store_true', help='train a to_static model')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    merge_args(cfg, args)
+    merge_config(args.opt)
+    device = resolve_device(cfg)
+    if args.amp and device not in ('gpu', 'npu', 'mlu'):
+        logger.warning('--amp has no effect on {}: ppdet 2.6.0 turns auto_cast on for GPU, NPU '
+                       'and MLU only.'.format(device))
+    if args.slim_config:
+        from ppdet.slim import build_slim_model
+        cfg = build_slim_model(cfg, args.slim_config)
+        merge_config(args.opt)  # the slim config must not override the command line
+    check_config(cfg)
+    check_version()
+
+    if args.fleet:
+        init_fleet_env(cfg.get('find_unused_parameters', False))
+    else:
+        init_parallel_env()
+    if args.enable_ce:
+        set_random_seed(0)
+
+    trainer = Trainer(cfg, mode='train')
+    if args.resume is not None:
+        trainer.resume_weights(args.resume)
+    elif cfg.get('pretrain_weights'):
+        trainer.load_weights(cfg.pretrain_weights)
+    trainer.train(args.eval)
+
+
+if __name__ == '__main__':
+    main()
