@@ -1,7 +1,6 @@
 """Hybrid encoder of RT-DETR: AIFI (intra-scale attention on the top level) + CCFM (cross-scale fusion)."""
 import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 from paddle import ParamAttr
 from paddle.regularizer import L2Decay
 from ppdet.core.workspace import register, serializable
@@ -9,7 +8,7 @@ from ppdet.modeling.shape_spec import ShapeSpec
 
 from .layers import ConvBNAct, CSPRepLayer, MultiHeadAttention, get_activation
 
-__all__ = ['RTDETRHybridEncoder', 'sincos_position_embedding']
+__all__ = ['RTDETRHybridEncoder', 'sincos_position_embedding', 'upsample_nearest']
 
 
 def sincos_position_embedding(h, w, embed_dim=256, temperature=10000., dtype='float32'):
@@ -30,6 +29,19 @@ def sincos_position_embedding(h, w, embed_dim=256, temperature=10000., dtype='fl
     out_c = cols.unsqueeze(1) * omega.unsqueeze(0)
     emb = paddle.concat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], axis=1)
     return emb.unsqueeze(0)
+
+
+def upsample_nearest(x, size):
+    """Nearest-neighbour resize of [b, c, h, w] to size (H, W), as F.interpolate(mode='nearest').
+
+    Written as two index gathers (source index floor(i * h / H), F.interpolate's rule) rather than the
+    `nearest_interp` op: Paddle 3.3 Inference with oneDNN fails on that op's PIR `scale` attribute
+    ("ConvertPirAttribute2RuntimeAttribute not support pir::ArrayAttribute<pir::DoubleAttribute>").
+    """
+    h, w = x.shape[2:]
+    rows = paddle.arange(size[0]) * h // size[0]
+    cols = paddle.arange(size[1]) * w // size[1]
+    return paddle.index_select(paddle.index_select(x, rows, axis=2), cols, axis=3)
 
 
 class TransformerEncoderLayer(nn.Layer):
@@ -159,7 +171,7 @@ class RTDETRHybridEncoder(nn.Layer):
         for k, idx in enumerate(range(n - 1, 0, -1)):
             high = self.lateral_convs[k](inner[0])
             inner[0] = high
-            up = F.interpolate(high, size=proj[idx - 1].shape[2:], mode='nearest')
+            up = upsample_nearest(high, proj[idx - 1].shape[2:])
             inner.insert(0, self.fpn_blocks[k](paddle.concat([up, proj[idx - 1]], axis=1)))
 
         # bottom-up (PAN)
