@@ -67,7 +67,9 @@ def test_config_builds_on_cpu(path):
 
 
 @pytest.mark.parametrize('config, ref', [('rtdetr_r18vd_6x_coco.yml', 'rtdetr_r18vd_keys.txt'),
-                                         ('rtdetr_r50vd_6x_coco.yml', 'rtdetr_r50vd_keys.txt')])
+                                         ('rtdetr_r50vd_6x_coco.yml', 'rtdetr_r50vd_keys.txt'),
+                                         ('rtdetr_hgnetv2_l_6x_coco.yml', 'rtdetr_hgnetv2_l_keys.txt'),
+                                         ('rtdetr_hgnetv2_x_6x_coco.yml', 'rtdetr_hgnetv2_x_keys.txt')])
 def test_official_layouts(config, ref):
     got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', config)))
     want = _ref(ref)
@@ -106,3 +108,32 @@ def test_r101_layout_follows_the_naming_rules():
     assert got['transformer.input_proj.0.conv.weight'] == (256, 384, 1, 1)
     r50 = _ref('rtdetr_r50vd_keys.txt')
     assert set(_part(got, 'backbone.', False)) == set(_part(r50, 'backbone.', False))
+
+
+def test_hgnetv2_h_layout_follows_the_naming_rules():
+    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_hgnetv2_h_6x_coco.yml')))
+    x = _ref('rtdetr_hgnetv2_x_keys.txt')
+    # X's decoder; an encoder of width 512 with two AIFI layers
+    assert _part(got, 'transformer.', True).keys() == _part(x, 'transformer.', True).keys()
+    assert got['transformer.input_proj.0.conv.weight'] == (256, 512, 1, 1)
+    assert got['neck.encoder.0.layers.1.linear1.weight'] == (512, 2048)
+    assert [got[f'neck.input_proj.{i}.0.weight'][1] for i in range(3)] == [512, 1024, 2048]
+
+
+@pytest.mark.parametrize('config', ['rtdetr_cspresnet_l_6x_coco.yml', 'rtdetr_swin_t_6x_coco.yml'])
+def test_other_ppdet_backbones_train_a_step(config):
+    import numpy as np
+    import paddle
+    paddle.seed(0)
+    model = build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', config))
+    model.train()
+    # 160 x 192 gives 20*24 + 10*12 + 5*6 = 630 memory tokens >= 300 queries
+    batch = {'image': paddle.rand([1, 3, 160, 192]), 'im_shape': paddle.to_tensor([[160., 192.]]),
+             'scale_factor': paddle.to_tensor([[1., 1.]]),
+             'gt_class': [paddle.to_tensor([[3]], dtype='int32')],
+             'gt_bbox': [paddle.to_tensor([[0.5, 0.5, 0.3, 0.4]])]}
+    losses = model(batch)
+    assert np.isfinite(float(losses['loss'])), {k: float(v) for k, v in losses.items()}
+    losses['loss'].backward()
+    first = [p for p in model.backbone.parameters() if not p.stop_gradient][-1]
+    assert first.grad is not None and float(first.grad.abs().sum()) > 0, 'no gradient reaches the backbone'

@@ -95,3 +95,10 @@ def test_eval_idx_stops_at_that_layer():
     assert boxes.shape[0] == 1 and logits.shape[0] == 1
     # each layer has its own score head, so the eval layer shows in the logits
     assert np.abs(logits.numpy() - logits_last.numpy()).max() > 1e-3, 'eval_idx 0 and 1 must differ'
+
+
+def test_input_smaller_than_the_query_count_is_a_clear_error():
+    m = build_from_config(TINY_CFG, RTDETRDeformableTransformer={'num_queries': 200})
+    m.eval()
+    with pytest.raises(ValueError, match='its feature maps have 126 tokens, fewer than num_queries=200'):
+        m(_batch([0]))
