@@ -5,5 +5,8 @@ Importing this package registers the model modules in ppdet's workspace, so that
 """
 from . import compat  # noqa: F401  (Paddle 3 / Pillow 10 shims for ppdet 2.6.0; before ppdet is used)
 from . import modeling  # noqa: F401  (registers modules)
+from .data import transforms  # noqa: F401  (reader transforms ppdet 2.6.0 lacks: RandomApply)
+from . import delegate, optim  # noqa: F401  (config hooks: !Delegate, RTDETROptimizerBuilder)
+from .data import stop_epoch  # noqa: F401  (RTDETRTrainReader, BeforeStopEpoch)
 
 __version__ = '0.1.0'
