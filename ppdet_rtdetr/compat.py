@@ -13,6 +13,7 @@ import inspect
 import types
 from collections.abc import Mapping
 
+import numpy as np
 import paddle
 from PIL import ImageDraw
 
@@ -161,8 +162,38 @@ def _fix_merge_into_objects():
         workspace.dict_merge = _merge_into_objects(workspace.dict_merge)
 
 
+# ppdet 2.6.0's Trainer.__init__ prints the parameter count (`print_params: true`) with
+# `(sum(p.numel() ...) / 1e6).numpy()[0]`; Paddle 3 makes numel() 0-D, so this raises "too many
+# indices for array". The count is done here instead, with the same exclusions as ppdet's.
+def _trainer_init_counting_params(trainer_init):
+    @functools.wraps(trainer_init)
+    def __init__(self, cfg, mode='train'):
+        print_params = cfg.get('print_params', False)
+        if print_params:
+            cfg['print_params'] = False
+        try:
+            trainer_init(self, cfg, mode)
+        finally:
+            if print_params:
+                cfg['print_params'] = True
+        if print_params:
+            self.cfg['print_params'] = True
+            count = sum(int(np.prod(param.shape)) for name, param in self.model.named_parameters()
+                        if all(skip not in name for skip in ('_mean', '_variance', 'aux_')))
+            logger.info('Model Params : {} M.'.format(count / 1e6))
+
+    return __init__
+
+
+def _fix_print_params():
+    if not hasattr(ppdet_trainer.Trainer.__init__, '__wrapped__'):
+        ppdet_trainer.Trainer.__init__ = _trainer_init_counting_params(
+            ppdet_trainer.Trainer.__init__)
+
+
 def apply():
     """Install every shim (idempotent)."""
+    _fix_print_params()
     _add_pillow_textsize()
     _full_graph_export_in_trainer()
     _fix_ema_filter_no_grad()

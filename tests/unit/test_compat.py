@@ -179,12 +179,31 @@ def test_dash_o_overrides_set_dataset_attributes(dataset_in_global_config):
         merge_config({name: {'anno_file': 'typo.json'}})
 
 
+def test_print_params_counts_instead_of_crashing(monkeypatch):
+    from conftest import TINY_CFG, fresh_config
+
+    cfg = fresh_config(TINY_CFG, print_params=True)
+    with pytest.raises(IndexError, match='0-dimensional'):
+        ppdet_trainer.Trainer.__init__.__wrapped__(ppdet_trainer.Trainer.__new__(ppdet_trainer.Trainer),
+                                                   cfg, mode='test')
+    infos = []
+    monkeypatch.setattr(compat.logger, 'info', infos.append)
+    trainer = ppdet_trainer.Trainer(cfg, mode='test')
+    # ppdet's own expression, read with .item() as a 0-D tensor must be
+    expected = sum([p.numel() for n, p in trainer.model.named_parameters()
+                    if all([x not in n for x in ['_mean', '_variance', 'aux_']])]).item()
+    assert infos == ['Model Params : {} M.'.format(expected / 1e6)]
+    assert cfg.print_params and trainer.cfg.print_params, 'print_params must be restored'
+
+
 def test_apply_is_idempotent():
     view, ema_init, merge = ppdet_trainer.paddle, ModelEMA.__init__, workspace.dict_merge
+    trainer_init = ppdet_trainer.Trainer.__init__
     compat.apply()
     compat.apply()
     assert ppdet_trainer.paddle is view and ModelEMA.__init__ is ema_init
-    assert workspace.dict_merge is merge
+    assert workspace.dict_merge is merge and ppdet_trainer.Trainer.__init__ is trainer_init
+    assert not hasattr(trainer_init.__wrapped__, '__wrapped__'), 'Trainer.__init__ wrapped twice'
     assert not hasattr(ModelEMA.__init__.__wrapped__, '__wrapped__'), 'ModelEMA wrapped twice'
     assert not hasattr(workspace.dict_merge.__wrapped__, '__wrapped__'), 'dict_merge wrapped twice'
     assert ImageDraw.ImageDraw.textsize is compat._textsize
