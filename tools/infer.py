@@ -7,6 +7,7 @@
 Writes one picture with the boxes drawn per image to --output_dir and, with --save_results, the
 detections of all images to --output_dir/bbox.json (COCO result format).
 """
+import argparse
 import glob
 import os
 
@@ -24,6 +25,15 @@ logger = setup_logger('infer')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 
 
+def str2bool(value):
+    """Accept both `--save_results` and ppdet's `--save_results True` / `--visualize False`."""
+    if value.lower() in ('true', 't', 'yes', 'y', '1'):
+        return True
+    if value.lower() in ('false', 'f', 'no', 'n', '0'):
+        return False
+    raise argparse.ArgumentTypeError('expected a boolean, got {!r}'.format(value))
+
+
 def parse_args(argv=None):
     parser = ArgsParser()
     parser.add_argument('--infer_img', default=None, help='one image (wins over --infer_dir)')
@@ -31,12 +41,13 @@ def parse_args(argv=None):
     parser.add_argument('--output_dir', default='output', help='where drawn images are written')
     parser.add_argument('--draw_threshold', type=float, default=0.5,
                         help='lowest score that is drawn')
-    parser.add_argument('--save_results', action='store_true',
+    parser.add_argument('--save_results', type=str2bool, nargs='?', const=True, default=False,
                         help='also write the detections to output_dir/bbox.json')
-    parser.add_argument('--no_visualize', dest='visualize', action='store_false',
-                        help='skip drawing (e.g. with --save_results only)')
+    parser.add_argument('--visualize', type=str2bool, default=True,
+                        help='draw the boxes (`--visualize False` with --save_results only)')
     parser.add_argument('--slim_config', default=None, help='PaddleSlim config to apply')
-    parser.add_argument('--use_vdl', action='store_true', help='log drawn images to VisualDL')
+    parser.add_argument('--use_vdl', type=str2bool, nargs='?', const=True, default=False,
+                        help='log drawn images to VisualDL')
     parser.add_argument('--vdl_log_dir', default='vdl_log_dir/image', help='VisualDL log dir')
     args = parser.parse_args(argv)
     if args.infer_img is None and args.infer_dir is None:
@@ -66,6 +77,7 @@ def find_images(infer_img=None, infer_dir=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    images = find_images(args.infer_img, args.infer_dir)  # before the slow model build
     cfg = load_config(args.config)
     merge_args(cfg, args)
     merge_config(args.opt)
@@ -79,7 +91,6 @@ def main(argv=None):
 
     trainer = Trainer(cfg, mode='test')
     trainer.load_weights(cfg.weights)
-    images = find_images(args.infer_img, args.infer_dir)
     trainer.predict(images, draw_threshold=args.draw_threshold, output_dir=args.output_dir,
                     save_results=args.save_results, visualize=args.visualize)
 
