@@ -15,33 +15,17 @@ The config selects the reader with ``TrainReader: !Delegate {to: RTDETRTrainRead
 ``ppdet_rtdetr.delegate``), so a leaf changes the schedule with one line: ``RTDETRTrainReader: {stop_epoch: 117}``.
 """
 from ppdet.core.workspace import register
-from ppdet.data import transform
 from ppdet.data.reader import TrainReader
 from ppdet.utils.logger import setup_logger
+
+from .transforms import build_transforms, register_transform
 
 logger = setup_logger(__name__)
 
 __all__ = ['BeforeStopEpoch', 'RTDETRTrainReader']
 
 
-def _register_transform(cls):
-    """Make `cls` a transform name of ppdet's reader (``Compose`` looks names up in ppdet.data.transform)."""
-    if hasattr(transform, cls.__name__):
-        raise ValueError(f'transform {cls.__name__} is already defined in ppdet.data.transform')
-    setattr(transform, cls.__name__, cls)
-    return cls
-
-
-def _build_transforms(cfgs):
-    """[{OpName: kwargs}, ...] -> op instances, as ppdet's ``Compose`` builds them."""
-    ops = []
-    for cfg in cfgs:
-        for name, kwargs in cfg.items():
-            ops.append(getattr(transform, name)(**(kwargs or {})))
-    return ops
-
-
-@_register_transform
+@register_transform
 class BeforeStopEpoch(object):
     """Runs `transforms` in order while the epoch is before the reader's `stop_epoch`, else passes data through.
 
@@ -49,7 +33,7 @@ class BeforeStopEpoch(object):
     since it hands `data` to the wrapped transforms as it gets it.
 
     Args:
-        transforms (list[dict]): ppdet transform configs, ``[{RandomDistort: {prob: 0.8}}, ...]``.
+        transforms (list[dict]): ppdet transform configs, ``[{RandomExpand: {}}, ...]``.
 
     Returns:
         ``gate(data)`` returns the wrapped transforms' output while active, `data` unchanged otherwise.
@@ -58,7 +42,7 @@ class BeforeStopEpoch(object):
     """
 
     def __init__(self, transforms):
-        self.transforms = _build_transforms(transforms)
+        self.transforms = build_transforms(transforms)
         self.active = True
 
     def set_epoch(self, epoch, stop_epoch):
@@ -105,14 +89,15 @@ class RTDETRTrainReader(TrainReader):
             logger.info(f'epoch {epoch}: stop_epoch reached, from now on training runs {self.transform_names(epoch)}')
 
     def transform_names(self, epoch):
-        """Names of the sample and batch transforms that run at `epoch`, in order (gates expanded)."""
-        names = []
-        for op in self._ops:
-            if not isinstance(op, BeforeStopEpoch):
-                names.append(type(op).__name__)
-            elif self.stop_epoch is None or epoch < self.stop_epoch:
-                names.extend(type(inner).__name__ for inner in op.transforms)
-        return names
+        """Names of the sample and batch transforms that run at `epoch`, in order; wrappers (ops with
+        `transforms`, e.g. RandomApply) are replaced by what they wrap."""
+        def names(ops):
+            for op in ops:
+                if isinstance(op, BeforeStopEpoch) and not (self.stop_epoch is None or epoch < self.stop_epoch):
+                    continue
+                inner = getattr(op, 'transforms', None)
+                yield from names(inner) if isinstance(inner, list) else [type(op).__name__]
+        return list(names(self._ops))
 
     def __call__(self, dataset, worker_num, batch_sampler=None, return_list=False):
         # ppdet 2.6.0's DetDataset keeps the epoch of Trainer's set_epoch only in `_epoch`
