@@ -142,11 +142,14 @@ class RTDETRResNet(nn.Layer):
         lr_mult_list (list[float]): learning-rate multipliers of the conv (and unfrozen BN) weights of
             res2..res5; the stem always uses 1.0.
         num_stages (int): number of stages to build, 1..4.
+        width_mult (float): scales the stage widths (64, 128, 256, 512); 1.0 is the official network,
+            smaller values give the light backbones of the CPU demo and tests.
 
     Returns:
         list[Tensor]: ``forward(inputs)`` takes ``inputs['image']`` of shape [b, 3, h, w] and returns
         one feature map per ``return_idx`` entry, [b, c_i, ceil(h / s_i), ceil(w / s_i)] with
-        strides s_i in (4, 8, 16, 32) and channels c_i in (64, 128, 256, 512), times 4 for depth >= 50;
+        strides s_i in (4, 8, 16, 32) and channels c_i in (64, 128, 256, 512) * width_mult, times 4 for
+        depth >= 50;
         ``out_shape`` lists the same channels and strides as ShapeSpec.
     """
     __shared__ = []
@@ -162,7 +165,8 @@ class RTDETRResNet(nn.Layer):
                  freeze_stem_only=False,
                  return_idx=[0, 1, 2, 3],
                  lr_mult_list=[1.0, 1.0, 1.0, 1.0],
-                 num_stages=4):
+                 num_stages=4,
+                 width_mult=1.0):
         super().__init__()
         if depth not in _DEPTH_CFG:
             raise ValueError('depth must be one of {}, got {}'.format(sorted(_DEPTH_CFG), depth))
@@ -193,7 +197,7 @@ class RTDETRResNet(nn.Layer):
             self.conv1.add_sublayer(name, _ConvNorm(c_in, c_out, k, s, act='relu', **norm_cfg))
 
         block = _BottleNeck if depth >= 50 else _BasicBlock
-        widths = [64, 128, 256, 512]
+        widths = [int(w * width_mult) for w in (64, 128, 256, 512)]
         self._out_channels = [w * block.expansion for w in widths]
         self._out_strides = [4, 8, 16, 32]
 
