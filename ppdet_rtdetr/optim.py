@@ -54,7 +54,8 @@ class RTDETROptimizerBuilder(object):
         ``builder(learning_rate, model)`` returns the optimizer over ``model``'s trainable parameters, one
         group per distinct (learning-rate factor, weight decay), where the factor is the parameter's own
         ``ParamAttr`` learning rate times its rules' ``lr_mult`` (the group's ``learning_rate``, which Paddle
-        multiplies with the scheduled rate).
+        multiplies with the scheduled rate). Paddle writes that factor into each parameter, so build one
+        optimizer per model: a second build would multiply the factors again.
     """
     __category__ = 'optim'
 
