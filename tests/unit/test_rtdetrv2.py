@@ -43,24 +43,41 @@ def test_r18_layout_equals_the_official_v2_checkpoint(leaf, ref):
     assert got == want, _diff(got, want)
 
 
-@pytest.mark.parametrize('leaf', ['rtdetrv2_r50vd_6x_coco.yml', 'rtdetrv2_r50vd_dsp_1x_coco.yml'])
-def test_r50_layout_is_v1_r50_plus_points_scale(leaf):
-    got, want = _layout(build_from_config(os.path.join(V2, leaf))), _with_points_scale(_ref('rtdetr_r50vd_keys.txt'))
+def test_r50_layout_is_v1_r50_plus_points_scale():
+    got = _layout(build_from_config(os.path.join(V2, 'rtdetrv2_r50vd_6x_coco.yml')))
+    want = _with_points_scale(_ref('rtdetr_r50vd_keys.txt'))
     assert got == want, _diff(got, want)
 
 
-@pytest.mark.parametrize('leaves', [('rtdetrv2_r34vd_120e_coco.yml', 'rtdetrv2_r34vd_dsp_1x_coco.yml',
-                                     'rtdetr_r34vd_6x_coco.yml'),
-                                    ('rtdetrv2_r50vd_m_7x_coco.yml', 'rtdetrv2_r50vd_m_dsp_3x_coco.yml',
-                                     'rtdetr_r50vd_m_6x_coco.yml'),
-                                    ('rtdetrv2_r101vd_6x_coco.yml', None, 'rtdetr_r101vd_6x_coco.yml')])
-def test_other_layouts_are_their_v1_layout_plus_points_scale(leaves):
+@pytest.mark.parametrize('v2_leaf, v1_leaf', [('rtdetrv2_r34vd_120e_coco.yml', 'rtdetr_r34vd_6x_coco.yml'),
+                                              ('rtdetrv2_r50vd_m_7x_coco.yml', 'rtdetr_r50vd_m_6x_coco.yml'),
+                                              ('rtdetrv2_r101vd_6x_coco.yml', 'rtdetr_r101vd_6x_coco.yml')])
+def test_other_layouts_are_their_v1_layout_plus_points_scale(v2_leaf, v1_leaf):
     """v1 layouts are checked against the official key lists in test_configs.py."""
-    *v2_leaves, v1_leaf = leaves
     want = _with_points_scale(_layout(build_from_config(os.path.join(V1, v1_leaf))))
-    for leaf in filter(None, v2_leaves):
-        got = _layout(build_from_config(os.path.join(V2, leaf)))
-        assert got == want, f'{leaf}: {_diff(got, want)}'
+    got = _layout(build_from_config(os.path.join(V2, v2_leaf)))
+    assert got == want, _diff(got, want)
+
+
+MODEL_KEYS = ('architecture', 'RTDETRDetector', 'RTDETRResNet', 'RTDETRHybridEncoder', 'RTDETRDeformableTransformer',
+              'hidden_dim', 'num_classes', 'eval_size')
+
+
+@pytest.mark.parametrize('dsp, base', [('rtdetrv2_r18vd_dsp_3x_coco.yml', 'rtdetrv2_r18vd_120e_coco.yml'),
+                                       ('rtdetrv2_r34vd_dsp_1x_coco.yml', 'rtdetrv2_r34vd_120e_coco.yml'),
+                                       ('rtdetrv2_r50vd_dsp_1x_coco.yml', 'rtdetrv2_r50vd_6x_coco.yml'),
+                                       ('rtdetrv2_r50vd_m_dsp_3x_coco.yml', 'rtdetrv2_r50vd_m_7x_coco.yml')])
+def test_dsp_models_are_their_base_model_with_discrete_sampling(dsp, base):
+    """So their layouts are the base's: discrete sampling adds no state (the R18 dsp test above checks that)."""
+    from conftest import fresh_config
+
+    def model_cfg(leaf):
+        cfg = fresh_config(os.path.join(V2, leaf))
+        return {k: dict(cfg[k]) if isinstance(cfg[k], dict) else cfg[k] for k in MODEL_KEYS}
+    got, want = model_cfg(dsp), model_cfg(base)
+    assert got['RTDETRDeformableTransformer'].pop('cross_attn_method') == 'discrete'
+    assert want['RTDETRDeformableTransformer'].pop('cross_attn_method') == 'default'
+    assert got == want
 
 
 def _batch(h=64, w=96, seed=0):
