@@ -76,8 +76,9 @@ def convert_state_dict(torch_state, model_state):
         if isinstance(converted, str):
             mismatched.append(f'{torch_name} -> {name}: {converted}')
         elif name.rsplit('.', 1)[-1] in _CONSTANT_BUFFERS and not np.allclose(converted, want, rtol=1e-6):
-            mismatched.append(f'{torch_name} -> {name}: values {np.round(converted.astype(float), 4).tolist()} but the config '
-                              f'gives {np.round(want.astype(float), 4).tolist()} (other num_decoder_points)')
+            got, config = (np.round(a.astype(float), 4).tolist() for a in (converted, want))
+            mismatched.append(f'{torch_name} -> {name}: values {got} but the config gives {config} '
+                              '(other num_decoder_points)')
         else:
             state[name] = np.ascontiguousarray(converted).astype(want.dtype)
     missing = [n for n in model_state if n not in reported]

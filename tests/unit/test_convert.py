@@ -146,8 +146,8 @@ def test_other_points_per_level_and_wrong_model_are_reported_by_name(reference_d
     from ppdet_rtdetr.convert import convert_state_dict
     target = _model_state(build_from_config(R18_CFG))
     torch_state = _torch_state('rtdetrv2_r18vd_torch_keys.txt', hashed=())
-    torch_state['decoder.decoder.layers.2.cross_attn.num_points_scale'] = np.array([1 / 3] * 3 + [1 / 6] * 6 + [1 / 3] * 3,
-                                                                                  np.float32)
+    points_3_6_3 = np.array([1 / 3] * 3 + [1 / 6] * 6 + [1 / 3] * 3, np.float32)
+    torch_state['decoder.decoder.layers.2.cross_attn.num_points_scale'] = points_3_6_3
     conversion = convert_state_dict(torch_state, target)
     assert not conversion.complete and conversion.unmapped == [] and conversion.missing == []
     assert len(conversion.mismatched) == 1 and conversion.mismatched[0].startswith(
@@ -166,7 +166,8 @@ def test_other_points_per_level_and_wrong_model_are_reported_by_name(reference_d
 # ---- with torch: real .pth files -------------------------------------------------------------------------------
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('convert_tool', os.path.join(ROOT, 'tools', 'convert_torch_weights.py'))
+    path = os.path.join(ROOT, 'tools', 'convert_torch_weights.py')
+    spec = importlib.util.spec_from_file_location('convert_tool', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
