@@ -1,0 +1,212 @@
+"""Export an RT-DETR config to a Paddle Inference folder (model.json, model.pdiparams, infer_cfg.yml) and ONNX.
+
+The exported contract (what `deploy/` reads):
+- inputs `image` float32 [-1, 3, H, W] (RGB in the range the config's NormalizeImage gives), `im_shape` float32
+  [-1, 2] (H, W) and `scale_factor` float32 [-1, 2] (H / original h, W / original w); the batch is dynamic,
+  H x W is fixed: anchors and position embeddings are baked for it.
+- outputs `bbox` [b*K, 6] (class index, score, x1, y1, x2, y2 in original-image pixels) and `bbox_num`
+  int32 [b]; with exclude_post_process the only input is `image` and the outputs are the raw
+  (boxes [b, n, 4] sigmoid cxcywh, logits [b, n, k]).
+- `infer_cfg.yml`: ppdet's fields (mode, draw_threshold, metric, use_dynamic_shape, arch, min_subgraph_size,
+  Preprocess, label_list) plus `image_shape` [3, H, W], `exclude_post_process`, `num_top_queries` and
+  `use_focal_loss` (what a numpy post-process of a raw export needs).
+"""
+import os
+from collections import OrderedDict
+
+import paddle
+import paddle.nn as nn
+import yaml
+from paddle.static import InputSpec
+from ppdet.core.workspace import create, merge_config
+from ppdet.data.source.category import get_categories
+from ppdet.utils.checkpoint import load_weight
+from ppdet.utils.logger import setup_logger
+
+logger = setup_logger(__name__)
+
+__all__ = ['resolve_export_size', 'build_export_model', 'build_infer_cfg', 'export_inference_model',
+           'export_onnx']
+
+# ppdet's TRT_MIN_SUBGRAPH entry for DETR-like architectures (ppdet/engine/export_utils.py)
+ARCH, MIN_SUBGRAPH_SIZE = 'DETR', 3
+
+
+def resolve_export_size(cfg, image_shape=None):
+    """The [H, W] to bake into the export, written back to the config's `eval_size`.
+
+    Args:
+        cfg (AttrDict): the loaded config (with the `-o` overrides merged).
+        image_shape (list[int]|None): [3, H, W] from the command line; wins over `eval_size`, which wins over
+            `TestReader.inputs_def.image_shape`.
+    Returns:
+        list[int]: [H, W]. Raises ValueError when no size is known or a size is not a positive integer
+        (RT-DETR bakes anchors and position embeddings: a dynamic H x W cannot be exported).
+    """
+    if image_shape:
+        if len(image_shape) != 3 or image_shape[0] != 3:
+            raise ValueError(f'--image_shape must be 3 H W, got {list(image_shape)}')
+        size = list(image_shape[1:])
+        if cfg.get('eval_size') and list(cfg['eval_size']) != size:
+            logger.info(f"Exporting at {size[0]}x{size[1]}: --image_shape overrides eval_size {cfg['eval_size']}.")
+    elif cfg.get('eval_size'):
+        size = list(cfg['eval_size'])
+    else:
+        inputs_def = cfg.get('TestReader', {}).get('inputs_def', {}) or {}
+        if not inputs_def.get('image_shape'):
+            raise ValueError('no export size: pass --image_shape 3 H W or set eval_size: [H, W] in the config')
+        size = list(inputs_def['image_shape'][-2:])
+    if not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f'RT-DETR exports need a fixed input size (anchors and position embeddings are baked '
+                         f'for it), got H x W = {size}; pass --image_shape 3 H W with positive integers')
+    merge_config({'eval_size': size})
+    return size
+
+
+def _exclude_post_process(cfg):
+    # `exclude_post_process` is the DETR key; ppdet's `export.post_process: False` means the same
+    return bool(cfg.get('exclude_post_process', False)) or not (cfg.get('export') or {}).get('post_process', True)
+
+
+def build_export_model(cfg, weights=None):
+    """Create the architecture of `cfg`, load `weights`, switch to eval and fuse RepVGG blocks.
+
+    Call after `resolve_export_size` so that the modules are built with the export `eval_size`.
+    Args:
+        weights (str|None): a .pdparams path (with or without the suffix) or URL; None or '' keeps the random
+            initialisation (logged as a warning).
+    Returns:
+        the architecture (nn.Layer) in eval mode, every `convert_to_deploy()` applied.
+    """
+    if _exclude_post_process(cfg):
+        merge_config({'exclude_post_process': True})
+    model = create(cfg.architecture)
+    if weights:
+        load_weight(model, weights)
+    else:
+        logger.warning('No weights given: exporting the random initialisation.')
+    model.eval()
+    for layer in model.sublayers():
+        if hasattr(layer, 'convert_to_deploy'):
+            layer.convert_to_deploy()
+    return model
+
+
+class _ExportModel(nn.Layer):
+    """Positional-input view of a ppdet architecture, so that the saved program has named inputs.
+
+    forward(image, im_shape, scale_factor) -> (bbox, bbox_num); with `raw`, forward(image) -> (boxes, logits).
+    """
+
+    def __init__(self, model, raw):
+        super().__init__()
+        self.model, self.raw = model, raw
+
+    def forward(self, image, im_shape=None, scale_factor=None):
+        inputs = {'image': image} if self.raw else {'image': image, 'im_shape': im_shape,
+                                                    'scale_factor': scale_factor}
+        out = self.model(inputs)
+        return out['bbox'], out['bbox_num']
+
+
+def _label_list(cfg):
+    """Class names from TestDataset's annotation file, as ppdet's export; generic names if they don't fit."""
+    dataset = cfg.get('TestDataset')
+    anno_file = dataset.get_anno() if dataset is not None and hasattr(dataset, 'get_anno') else None
+    _, catid2name = get_categories(cfg['metric'], anno_file, 'detection_arch')
+    names = [str(name) for name in catid2name.values()]
+    if len(names) != cfg['num_classes']:
+        logger.warning(f"{len(names)} category names found for num_classes={cfg['num_classes']} "
+                       f"(annotation file {anno_file}): writing class_0 .. class_{cfg['num_classes'] - 1}.")
+        names = [f'class_{i}' for i in range(cfg['num_classes'])]
+    return names
+
+
+def _preprocess(cfg, size):
+    """TestReader's sample transforms after Decode, with Resize set to the export size."""
+    ops = []
+    for transform in cfg['TestReader']['sample_transforms'][1:]:
+        for name, args in transform.items():
+            op = OrderedDict(type=name)
+            op.update(args or {})
+            if name == 'Resize':
+                if op.get('keep_ratio', True):
+                    raise ValueError('TestReader Resize must use keep_ratio: False: an RT-DETR export takes '
+                                     f'exactly {size[0]}x{size[1]} inputs (baked anchors)')
+                op['target_size'] = list(size)
+                op.setdefault('interp', 1)  # cv2.INTER_LINEAR, ppdet's default
+            ops.append(op)
+    if not any(op['type'] == 'Resize' for op in ops):
+        raise ValueError(f'TestReader has no Resize: the export needs one to {size[0]}x{size[1]}')
+    return ops
+
+
+def build_infer_cfg(cfg, model):
+    """The infer_cfg.yml content of `model` (an OrderedDict, ppdet's fields first)."""
+    size, raw = list(cfg['eval_size']), bool(model.exclude_post_process)
+    return OrderedDict([
+        ('mode', 'paddle'), ('draw_threshold', 0.5), ('metric', cfg['metric']), ('use_dynamic_shape', False),
+        ('arch', ARCH), ('min_subgraph_size', MIN_SUBGRAPH_SIZE),
+        ('Preprocess', _preprocess(cfg, size)), ('label_list', _label_list(cfg)),
+        ('image_shape', [3] + list(size)), ('exclude_post_process', raw),
+        ('num_top_queries', model.post_process.num_top_queries),
+        ('use_focal_loss', model.post_process.use_focal_loss),
+    ])
+
+
+def _dump_yaml(data, path):
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    # keep the field order of the OrderedDicts, written as plain mappings
+    _Dumper.add_representer(OrderedDict, lambda d, v: d.represent_mapping('tag:yaml.org,2002:map', v.items()))
+    with open(path, 'w') as f:
+        yaml.dump(data, f, Dumper=_Dumper, default_flow_style=None, sort_keys=False)
+
+
+def export_inference_model(cfg, model, save_dir):
+    """Trace `model` (from `build_export_model`) to a static graph and write the deploy folder.
+
+    Args:
+        cfg (AttrDict): the config, `eval_size` already set by `resolve_export_size`.
+        model (nn.Layer): the eval-mode architecture; it stays a dygraph layer (the trace is of a wrapper).
+        save_dir (str): created if missing; receives model.json, model.pdiparams and infer_cfg.yml.
+    Returns:
+        str: save_dir.
+    """
+    size = list(cfg['eval_size'])
+    raw = bool(model.exclude_post_process)
+    os.makedirs(save_dir, exist_ok=True)
+    input_spec = [InputSpec([None, 3] + size, 'float32', 'image')]
+    if not raw:
+        input_spec += [InputSpec([None, 2], 'float32', 'im_shape'),
+                       InputSpec([None, 2], 'float32', 'scale_factor')]
+    # full_graph: Paddle 3's default (SOT) traces guarded fragments, which jit.save cannot write as one program
+    static_model = paddle.jit.to_static(_ExportModel(model, raw), input_spec=input_spec, full_graph=True)
+    paddle.jit.save(static_model, os.path.join(save_dir, 'model'))
+    _dump_yaml(build_infer_cfg(cfg, model), os.path.join(save_dir, 'infer_cfg.yml'))
+    logger.info(f"Exported {cfg.architecture} for {size[0]}x{size[1]} inputs (dynamic batch, "
+                f"{'raw outputs' if raw else 'with post-process'}) to {save_dir}")
+    return save_dir
+
+
+def export_onnx(model_dir, save_file=None, opset_version=16):
+    """Convert an exported folder to ONNX with paddle2onnx (opset 16 has GridSample).
+
+    paddle2onnx's default optimizer (polygraphy) pip-installs packages at run time (it upgraded numpy to 2.x
+    here), so optimisation is off. Returns the path of the written file (model_dir/model.onnx by default);
+    raises RuntimeError when paddle2onnx writes nothing (it logs the error and carries on).
+    """
+    import paddle2onnx
+    model_file = os.path.join(model_dir, 'model.json')
+    if not os.path.exists(model_file):
+        model_file = os.path.join(model_dir, 'model.pdmodel')
+    save_file = save_file or os.path.join(model_dir, 'model.onnx')
+    if os.path.exists(save_file):
+        os.remove(save_file)
+    paddle2onnx.export(model_file, os.path.join(model_dir, 'model.pdiparams'), save_file,
+                       opset_version=opset_version, auto_upgrade_opset=False, enable_onnx_checker=True,
+                       optimize_tool='None')
+    if not os.path.exists(save_file):
+        raise RuntimeError(f'paddle2onnx did not convert {model_file} (see its log above)')
+    return save_file

@@ -1,0 +1,64 @@
+"""Export a config + weights for deployment, as PaddleDetection's tools/export_model.py does.
+
+    python tools/export_model.py -c configs/rtdetr/rtdetr_r50vd_6x_coco.yml -o weights=output/best_model
+        [--output_dir output_inference] [--image_shape 3 480 640] [--onnx]
+        [-o exclude_post_process=True] [-o trt=True]
+        [-o RTDETRDeformableTransformer.cross_attn_method=discrete]
+
+Writes output_dir/<config name>/{model.json, model.pdiparams, infer_cfg.yml} (and model.onnx with --onnx)
+for deploy/python/infer.py, deploy/onnxruntime/infer.py and FastDeploy. The input size is fixed at export
+(anchors and position embeddings are baked for it: --image_shape, else eval_size); the batch is dynamic.
+RepVGG blocks are always fused; `trt=True` writes TensorRT-friendly activations.
+"""
+import os
+import sys
+
+import ppdet_rtdetr  # noqa: F401  (registers modules)
+from ppdet.core.workspace import load_config, merge_config
+from ppdet.utils.cli import ArgsParser
+
+from ppdet_rtdetr.compat import resolve_device
+from ppdet_rtdetr.export import build_export_model, export_inference_model, export_onnx, resolve_export_size
+
+
+def _merge_opt_lists(argv):
+    """Join every `-o k=v ...` group into one: ppdet's `-o` is an argparse nargs='*' option, so a second `-o`
+    silently replaces the first (e.g. `-o weights=W -o trt=True` would export random weights)."""
+    opts, rest, in_opt = [], [], False
+    for arg in argv:
+        if arg in ('-o', '--opt'):
+            in_opt = True
+        elif in_opt and not arg.startswith('-'):
+            opts.append(arg)
+        else:
+            in_opt = False
+            rest.append(arg)
+    return rest + (['-o'] + opts if opts else [])
+
+
+def parse_args(argv=None):
+    parser = ArgsParser()
+    parser.add_argument('--output_dir', default='output_inference', help='parent of the exported folder')
+    parser.add_argument('--image_shape', nargs=3, type=int, default=None, metavar=('C', 'H', 'W'),
+                        help='input size to bake (default: eval_size of the config)')
+    parser.add_argument('--onnx', action='store_true', help='also write model.onnx (paddle2onnx, opset 16)')
+    return parser.parse_args(_merge_opt_lists(sys.argv[1:] if argv is None else argv))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    merge_config(args.opt)
+    # export traces on the CPU whatever the config says; the exported model runs on any device
+    cfg['use_gpu'] = False
+    resolve_device(cfg)
+    resolve_export_size(cfg, args.image_shape)
+    model = build_export_model(cfg, cfg.get('weights'))
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    save_dir = export_inference_model(cfg, model, os.path.join(args.output_dir, name))
+    if args.onnx:
+        export_onnx(save_dir)
+
+
+if __name__ == '__main__':
+    main()
