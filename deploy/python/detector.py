@@ -1,0 +1,150 @@
+"""Engine-independent part of the deploy scripts: the Detector contract and the image / video command line.
+
+`deploy/python/infer.py` (Paddle Inference) and `deploy/onnxruntime/infer.py` subclass `Detector` with an
+engine; everything else (preprocessing from infer_cfg.yml, the baked-size check, the post-process of raw
+exports, drawing and JSON) is shared, so both engines give the same results for the same folder.
+"""
+import glob
+import json
+import os
+import time
+
+import cv2
+
+from postprocess import detections_to_json, draw_detections, split_detections, topk_postprocess
+from preprocess import Preprocessor, check_input_size, decode_image, load_infer_cfg
+
+__all__ = ['Detector', 'add_io_args', 'run']
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+
+
+def _baked_image_shape(infer_cfg):
+    """[3, H, W] the export baked: `image_shape`, else (ppdet's own exports) a keep_ratio=False Resize."""
+    if infer_cfg.get('image_shape'):
+        return infer_cfg['image_shape']
+    for op in infer_cfg.get('Preprocess', []):
+        if op['type'] == 'Resize' and not op.get('keep_ratio', True):
+            return [3] + list(op['target_size'])
+    return None
+
+
+class Detector:
+    """An exported RT-DETR folder behind one `predict` call; subclasses supply the engine.
+
+    Args:
+        model_dir (str): a folder written by tools/export_model.py (infer_cfg.yml + model files).
+
+    Subclasses set `self.input_names` (the model's inputs, a subset of image / im_shape / scale_factor) and
+    implement `_run(feeds: dict name -> ndarray) -> list of ndarray` (the model outputs in order).
+    predict(inputs dict of `image` [b, 3, H, W], `im_shape` [b, 2], `scale_factor` [b, 2]) ->
+    (bbox [N, 6] (class, score, x1, y1, x2, y2) in original pixels, bbox_num int32 [b]); a raw export
+    (exclude_post_process) is post-processed in numpy. An input whose H x W differs from the baked size is a
+    ValueError naming both sizes. predict_images(list of RGB uint8 images) -> list of [K_i, 6], one per image.
+    """
+
+    def __init__(self, model_dir):
+        self.model_dir = model_dir
+        self.infer_cfg = load_infer_cfg(model_dir)
+        self.preprocess = Preprocessor(self.infer_cfg['Preprocess'])
+        self.labels = [str(name) for name in self.infer_cfg.get('label_list', [])]
+        self.image_shape = _baked_image_shape(self.infer_cfg)
+        self.raw = bool(self.infer_cfg.get('exclude_post_process', False))
+        self.input_names = ['image'] if self.raw else ['image', 'im_shape', 'scale_factor']
+
+    def _run(self, feeds):
+        raise NotImplementedError
+
+    def predict(self, inputs):
+        check_input_size(inputs['image'], self.image_shape)
+        outputs = self._run({name: inputs[name] for name in self.input_names})
+        if self.raw:
+            return topk_postprocess(outputs[0], outputs[1], inputs['im_shape'], inputs['scale_factor'],
+                                    self.infer_cfg['num_top_queries'], self.infer_cfg.get('use_focal_loss', True))
+        return outputs[0], outputs[1]
+
+    def predict_images(self, images):
+        return split_detections(*self.predict(self.preprocess(images)))
+
+
+def add_io_args(parser):
+    """The command-line options every deploy script shares."""
+    parser.add_argument('--model_dir', required=True, help='exported folder (tools/export_model.py)')
+    parser.add_argument('--image_file', default=None, help='one image')
+    parser.add_argument('--image_dir', default=None, help='a directory of images')
+    parser.add_argument('--video_file', default=None, help='a video; the drawn video is written to output_dir')
+    parser.add_argument('--batch_size', type=int, default=1, help='images per run (any size: the batch is dynamic)')
+    parser.add_argument('--threshold', type=float, default=None,
+                        help="lowest score drawn and written (default: infer_cfg.yml's draw_threshold)")
+    parser.add_argument('--output_dir', default='output', help='drawn images / video and results.json')
+    parser.add_argument('--device', default='CPU', choices=['CPU', 'GPU', 'cpu', 'gpu'])
+    parser.add_argument('--cpu_threads', type=int, default=1, help='CPU math threads')
+    return parser
+
+
+def _image_paths(args):
+    if args.image_file:
+        return [args.image_file]
+    paths = sorted(p for p in glob.glob(os.path.join(args.image_dir, '*'))
+                   if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise FileNotFoundError(f'no {"/".join(IMAGE_EXTENSIONS)} image in {args.image_dir}')
+    return paths
+
+
+def _batches(items, size):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _run_images(detector, args, threshold, results):
+    for paths in _batches(_image_paths(args), args.batch_size):
+        images = [decode_image(p) for p in paths]
+        start = time.perf_counter()
+        dets = detector.predict_images(images)
+        print(f'{len(paths)} image(s) in {1000 * (time.perf_counter() - start):.1f} ms')
+        for path, image, det in zip(paths, images, dets):
+            cv2.imwrite(os.path.join(args.output_dir, os.path.basename(path)),
+                        draw_detections(image, det, detector.labels, threshold))
+            results.append({'image': path, 'detections': detections_to_json(det, detector.labels, threshold)})
+
+
+def _run_video(detector, args, threshold, results):
+    capture = cv2.VideoCapture(args.video_file)
+    if not capture.isOpened():
+        raise ValueError(f'cannot open video {args.video_file}')
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    name = os.path.splitext(os.path.basename(args.video_file))[0] + '.mp4'
+    writer = cv2.VideoWriter(os.path.join(args.output_dir, name), cv2.VideoWriter_fourcc(*'mp4v'), fps, size)
+    frames, index, ok = [], 0, True
+    while ok:
+        ok, frame = capture.read()
+        if ok:
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        if frames and (len(frames) == args.batch_size or not ok):
+            for frame_rgb, det in zip(frames, detector.predict_images(frames)):
+                writer.write(draw_detections(frame_rgb, det, detector.labels, threshold))
+                results.append({'frame': index, 'detections': detections_to_json(det, detector.labels, threshold)})
+                index += 1
+            frames = []
+    capture.release()
+    writer.release()
+
+
+def run(detector, args):
+    """Run `detector` on --image_file / --image_dir / --video_file; write drawings and results.json."""
+    if not (args.image_file or args.image_dir or args.video_file):
+        raise ValueError('give one of --image_file, --image_dir or --video_file')
+    os.makedirs(args.output_dir, exist_ok=True)
+    threshold = args.threshold if args.threshold is not None else detector.infer_cfg.get('draw_threshold', 0.5)
+    results = []
+    if args.video_file:
+        _run_video(detector, args, threshold, results)
+    else:
+        _run_images(detector, args, threshold, results)
+    path = os.path.join(args.output_dir, 'results.json')
+    with open(path, 'w') as f:
+        json.dump(results, f, indent=1)
+    print(f'results written to {path}')
+    return results

@@ -1,0 +1,124 @@
+"""Preprocessing of an exported RT-DETR folder, read from its infer_cfg.yml (numpy + OpenCV only).
+
+The ops reproduce ppdet's reader transforms (Decode, Resize, NormalizeImage, Permute) so that a deployed
+model sees the pixels the dygraph model saw in eval, and they record what `im_shape` / `scale_factor`
+need: boxes come back in original-image pixels only if scale_factor = network size / original size.
+"""
+import os
+
+import cv2
+import numpy as np
+import yaml
+
+__all__ = ['load_infer_cfg', 'find_model_files', 'decode_image', 'Preprocessor', 'check_input_size']
+
+
+def load_infer_cfg(model_dir):
+    """infer_cfg.yml of an exported folder as a dict (FileNotFoundError names the missing file)."""
+    path = os.path.join(model_dir, 'infer_cfg.yml')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} not found: export the model with tools/export_model.py first')
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def find_model_files(model_dir):
+    """(program file, params file) of an exported folder: Paddle 3's model.json, else a legacy model.pdmodel."""
+    for name in ('model.json', 'model.pdmodel'):
+        if os.path.isfile(os.path.join(model_dir, name)):
+            return os.path.join(model_dir, name), os.path.join(model_dir, 'model.pdiparams')
+    raise FileNotFoundError(f'neither model.json nor model.pdmodel in {model_dir}')
+
+
+def decode_image(path):
+    """An image file as an RGB uint8 array [h, w, 3], as ppdet's Decode."""
+    im = cv2.imread(path, cv2.IMREAD_COLOR)
+    if im is None:
+        raise ValueError(f'cannot read image {path}')
+    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+
+
+def _resize(im, info, target_size, keep_ratio=True, interp=cv2.INTER_LINEAR, **_):
+    h, w = im.shape[:2]
+    if keep_ratio:
+        scale = min(min(target_size) / min(h, w), max(target_size) / max(h, w))
+        scale_y = scale_x = scale
+    else:
+        scale_y, scale_x = target_size[0] / h, target_size[1] / w
+    # fx/fy (not dsize) as ppdet's Resize, so that OpenCV samples the same source pixels
+    im = cv2.resize(im, None, None, fx=scale_x, fy=scale_y, interpolation=interp)
+    info['im_shape'] = np.array(im.shape[:2], dtype='float32')
+    info['scale_factor'] = np.array([scale_y, scale_x], dtype='float32')
+    return im
+
+
+def _normalize(im, info, mean, std, is_scale=True, norm_type='mean_std', **_):
+    # the same float32 / float64 steps as ppdet's NormalizeImage, so that the pixels match bit for bit
+    im = im.astype('float32', copy=False)
+    if is_scale:
+        im = im * (1.0 / 255.0)
+    if norm_type == 'mean_std':
+        im = (im - np.array(mean)).astype('float32')
+        im = (im / np.array(std)).astype('float32')
+    return im
+
+
+def _permute(im, info, **_):
+    # [h, w, c] -> [c, h, w]
+    return im.transpose(2, 0, 1).copy()
+
+
+_OPS = {'Resize': _resize, 'NormalizeImage': _normalize, 'Permute': _permute}
+
+
+class Preprocessor:
+    """The `Preprocess` list of an infer_cfg.yml, applied to RGB images.
+
+    Args:
+        ops (list[dict]): `{type: name, **args}` entries; Resize, NormalizeImage and Permute are supported
+            (an unknown type is a ValueError at construction, not a silent skip).
+
+    __call__(images: list of RGB uint8 [h_i, w_i, 3]) -> dict of float32 arrays `image` [b, 3, H, W],
+    `im_shape` [b, 2] (H, W) and `scale_factor` [b, 2] (H / h_i, W / w_i). Images of different sizes may
+    share a batch; they must all come out at the same H x W (a ValueError otherwise).
+    """
+
+    def __init__(self, ops):
+        self.ops = []
+        for op in ops:
+            op = dict(op)
+            name = op.pop('type')
+            if name not in _OPS:
+                raise ValueError(f"unsupported preprocess op '{name}' in infer_cfg.yml (known: {sorted(_OPS)})")
+            self.ops.append((_OPS[name], op))
+
+    def _one(self, im):
+        info = {'im_shape': np.array(im.shape[:2], 'float32'), 'scale_factor': np.ones(2, 'float32')}
+        for fn, args in self.ops:
+            im = fn(im, info, **args)
+        return im, info
+
+    def __call__(self, images):
+        outs = [self._one(im) for im in images]
+        shapes = {im.shape for im, _ in outs}
+        if len(shapes) != 1:
+            raise ValueError(f'preprocessed images differ in shape {sorted(shapes)}: a batch needs one size '
+                             '(use a Resize with keep_ratio: false)')
+        return {'image': np.stack([im for im, _ in outs]),
+                'im_shape': np.stack([info['im_shape'] for _, info in outs]),
+                'scale_factor': np.stack([info['scale_factor'] for _, info in outs])}
+
+
+def check_input_size(image, image_shape):
+    """Raise ValueError if `image` [b, 3, H, W] is not the size the export baked (`image_shape` [3, H, W]).
+
+    A mismatch would otherwise fail deep in the graph (a broadcast error between the memory and the baked
+    position embedding) or, in other engines, give wrong boxes.
+    """
+    if image_shape is None or any(int(s) < 0 for s in image_shape[1:]):
+        return
+    got, want = list(image.shape[2:]), [int(s) for s in image_shape[1:]]
+    if got != want:
+        raise ValueError(f'input image is {got[0]}x{got[1]} (HxW) but this model was exported for '
+                         f'{want[0]}x{want[1]}: its anchors and position embeddings are baked for that size. '
+                         f'Resize the input to {want[0]}x{want[1]} or re-export with --image_shape 3 {got[0]} {got[1]}.')
