@@ -1,0 +1,122 @@
+"""Shared state of tests/export: the tiny config exported once per test process, per case.
+
+Cases (each exported in its own process by export_case.py, with the same seeded random weights):
+- `default`: grid_sample sampler at the training size 64x96 (non-square), post-process in the graph;
+- `discrete_raw`: the discrete (gather) sampler, trt=True activations, exported at another size, 96x64
+  (--image_shape 3 96 64), with exclude_post_process (raw outputs, top-k in the deploy scripts).
+Two cases cover every option on every engine; each export costs ~20 s of CPU.
+
+Not a conftest.py: a second `conftest` module would replace tests/conftest.py in sys.modules for every test
+module collected after it (`from conftest import ...`). The exports are cached at module level instead, so
+every test module of one pytest process shares them.
+"""
+import atexit
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import cv2
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_CFG = os.path.join(ROOT, 'configs', 'tests', 'rtdetr_tiny.yml')
+CASES = {
+    'default': [],
+    'discrete_raw': ['--image_shape', '3', '96', '64', '-o', 'RTDETRDeformableTransformer.cross_attn_method=discrete',
+                     'trt=True', 'exclude_post_process=True'],
+}
+IMAGE_SIZES = {'a_wide': (120, 200), 'b_small': (64, 96), 'c_tall': (300, 150)}  # (h, w) of the test images
+_EXPORT_ROOT = []
+
+
+def _write_images(images_dir):
+    rng = np.random.RandomState(1)
+    os.makedirs(images_dir)
+    for name, (h, w) in IMAGE_SIZES.items():
+        im = (rng.rand(h, w, 3) * 255).astype('uint8')
+        cv2.rectangle(im, (w // 4, h // 5), (w // 2, h // 2), (255, 40, 40), -1)
+        cv2.imwrite(os.path.join(images_dir, f'{name}.png'), im)
+
+
+def export_root():
+    """Folder with images/ and, per case, `<case>/rtdetr_tiny/` (the export) and `<case>/reference.npz`.
+
+    Built on first use (about 30 s: the cases run side by side) and removed at exit.
+    """
+    if _EXPORT_ROOT:
+        return _EXPORT_ROOT[0]
+    root = tempfile.mkdtemp(prefix='rtdetr_export_')
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    _write_images(os.path.join(root, 'images'))
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    script = os.path.join(ROOT, 'tests', 'export', 'export_case.py')
+    procs = {case: subprocess.Popen([sys.executable, script, os.path.join(root, case), os.path.join(root, 'images'),
+                                     '--', '-c', TINY_CFG] + args, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+             for case, args in CASES.items()}
+    failures = []
+    for case, proc in procs.items():
+        log = proc.communicate()[0]
+        if proc.returncode != 0:
+            failures.append(f'export case {case} failed:\n{log[-4000:]}')
+    if failures:
+        raise RuntimeError('\n'.join(failures))
+    _EXPORT_ROOT.append(root)
+    return root
+
+
+class ExportCase:
+    """An exported folder and its dygraph reference (keys: see export_case.py)."""
+
+    def __init__(self, name):
+        root = export_root()
+        self.name = name
+        self.images_dir = os.path.join(root, 'images')
+        self.model_dir = os.path.join(root, name, 'rtdetr_tiny')
+        self.ref = dict(np.load(os.path.join(root, name, 'reference.npz')))
+
+    def inputs(self, batch):
+        """The first `batch` reference inputs, as fed to the model."""
+        image = self.ref['image'][:batch]
+        h, w = image.shape[2:]
+        return {'image': image, 'im_shape': np.array([[h, w]] * batch, 'float32'),
+                'scale_factor': self.ref['scale_factor'][:batch]}
+
+    def ref_bbox(self, batch):
+        """Dygraph (bbox, bbox_num) of the first `batch` reference inputs."""
+        k = len(self.ref['bbox']) // len(self.ref['bbox_num'])
+        return self.ref['bbox'][:batch * k], self.ref['bbox_num'][:batch]
+
+
+def load_deploy_module(relpath, name):
+    """Import deploy/<relpath> under `name` (the deploy scripts are not a package; deploy/python holds their
+    shared modules, so it goes on sys.path as when a script runs)."""
+    python_dir = os.path.join(ROOT, 'deploy', 'python')
+    if python_dir not in sys.path:
+        sys.path.insert(0, python_dir)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'deploy', relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_same_detections(got, want, rtol=1e-3, score_tol=1e-4, what=''):
+    """Rows (class, score, x1, y1, x2, y2) equal up to the order of near-tied scores.
+
+    Every reference row needs its own row in `got` with the same class, a score within score_tol and a box
+    within rtol (relative, with an absolute floor of rtol * the largest coordinate). Returns the max box error.
+    """
+    assert got.shape == want.shape, f'{what}: shape {got.shape} != {want.shape}'
+    atol = rtol * max(1.0, float(np.abs(want[:, 2:]).max()))
+    used, worst = set(), 0.0
+    for i, row in enumerate(want):
+        match = [j for j in range(len(got)) if j not in used and got[j, 0] == row[0]
+                 and abs(got[j, 1] - row[1]) <= score_tol and np.allclose(got[j, 2:], row[2:], rtol=rtol, atol=atol)]
+        nearest = got[np.argmin(np.abs(got[:, 1] - row[1]))]
+        assert match, f'{what}: reference row {i} {row.tolist()} has no match (nearest score: {nearest.tolist()})'
+        used.add(match[0])
+        worst = max(worst, float(np.abs(got[match[0], 2:] - row[2:]).max()))
+    return worst

@@ -1,0 +1,124 @@
+"""The deploy scripts and infer_cfg.yml: boxes land on the original images, the CLI reproduces dygraph,
+a size the anchors were not baked for is a clear error.
+
+The dygraph references (export_case.py) ran each image alone through ppdet's own TestReader transforms;
+the deploy scripts preprocess from infer_cfg.yml, several images of different sizes per batch.
+"""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from export_utils import CASES, IMAGE_SIZES, ExportCase, assert_same_detections, load_deploy_module
+
+PPDET_INFER_CFG_KEYS = ['mode', 'draw_threshold', 'metric', 'use_dynamic_shape', 'arch', 'min_subgraph_size',
+                        'Preprocess', 'label_list']
+EXPORT_SIZES = {'default': [64, 96], 'discrete_raw': [96, 64]}
+
+
+@pytest.fixture(scope='module')
+def default_case():
+    return ExportCase('default')
+
+
+@pytest.fixture(scope='module')
+def paddle_infer():
+    return load_deploy_module('python/infer.py', 'deploy_paddle_infer')
+
+
+@pytest.fixture(scope='module')
+def ort_infer():
+    pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
+    return load_deploy_module('onnxruntime/infer.py', 'deploy_ort_infer')
+
+
+def _image_paths(case):
+    return [os.path.join(case.images_dir, f'{name}.png') for name in sorted(IMAGE_SIZES)]
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_infer_cfg_has_ppdet_fields_and_export_size(name):
+    case = ExportCase(name)
+    with open(os.path.join(case.model_dir, 'infer_cfg.yml')) as f:
+        cfg = yaml.safe_load(f)
+    assert list(cfg)[:len(PPDET_INFER_CFG_KEYS)] == PPDET_INFER_CFG_KEYS, list(cfg)
+    assert (cfg['arch'], cfg['use_dynamic_shape'], cfg['mode']) == ('DETR', False, 'paddle')
+    assert cfg['label_list'] == ['class_0', 'class_1', 'class_2', 'class_3']  # no annotation file: 4 classes
+    resize = [op for op in cfg['Preprocess'] if op['type'] == 'Resize']
+    assert resize == [{'type': 'Resize', 'target_size': EXPORT_SIZES[name], 'keep_ratio': False, 'interp': 2}]
+    assert cfg['image_shape'] == [3] + EXPORT_SIZES[name]
+    assert cfg['exclude_post_process'] == (name == 'discrete_raw')
+
+
+def test_boxes_land_on_each_original_image(default_case, paddle_infer):
+    """Three images of different sizes in one batch: each gets its own scale_factor, and its boxes equal
+    the dygraph boxes of that image alone (which the post-process scaled to that image's size)."""
+    detector = paddle_infer.PaddleDetector(default_case.model_dir)
+    images = [cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in _image_paths(default_case)]
+    inputs = detector.preprocess(images)
+    want_scale = [[64 / h, 96 / w] for h, w in (IMAGE_SIZES[n] for n in sorted(IMAGE_SIZES))]
+    np.testing.assert_allclose(inputs['scale_factor'], want_scale, rtol=1e-6)
+    dets = detector.predict_images(images)
+    for name, det in zip(sorted(IMAGE_SIZES), dets):
+        err = assert_same_detections(det, default_case.ref[f'file_{name}'], what=name)
+        h, w = IMAGE_SIZES[name]
+        cx, cy = (det[:, 2] + det[:, 4]) / 2, (det[:, 3] + det[:, 5]) / 2
+        assert (cx >= 0).all() and (cx <= w).all() and (cy >= 0).all() and (cy <= h).all(), \
+            f'{name}: box centres outside the {w}x{h} image (max box err {err:.2e})'
+
+
+def _results_by_image(output_dir):
+    with open(os.path.join(output_dir, 'results.json')) as f:
+        results = json.load(f)
+    return {os.path.splitext(os.path.basename(r['image']))[0]: np.array(
+        [[d['class_id'], d['score']] + d['bbox'] for d in r['detections']], 'float32') for r in results}
+
+
+@pytest.mark.parametrize('engine', ['paddle', 'onnxruntime'])
+def test_cli_reproduces_dygraph_detections(engine, tmp_path, request):
+    """deploy/*/infer.py --image_dir (batches of 2: one full, one partial) writes the dygraph detections."""
+    module = request.getfixturevalue('paddle_infer' if engine == 'paddle' else 'ort_infer')
+    for name in CASES:
+        case = ExportCase(name)
+        if engine == 'onnxruntime' and not os.path.isfile(os.path.join(case.model_dir, 'model.onnx')):
+            pytest.skip('paddle2onnx is not installed: no model.onnx')
+        out = str(tmp_path / name)
+        module.main(['--model_dir', case.model_dir, '--image_dir', case.images_dir, '--batch_size', '2',
+                     '--threshold', '0', '--output_dir', out])
+        got = _results_by_image(out)
+        assert sorted(got) == sorted(IMAGE_SIZES)
+        for image, det in got.items():
+            assert_same_detections(det, case.ref[f'file_{image}'], what=f'{engine} {name} {image}')
+            assert cv2.imread(os.path.join(out, f'{image}.png')).shape[:2] == IMAGE_SIZES[image]
+
+
+def test_video_file(default_case, ort_infer, tmp_path):
+    video = str(tmp_path / 'clip.avi')
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*'MJPG'), 5, (200, 120))
+    frame = cv2.imread(os.path.join(default_case.images_dir, 'a_wide.png'))
+    for _ in range(3):
+        writer.write(frame)
+    writer.release()
+    results = ort_infer.main(['--model_dir', default_case.model_dir, '--video_file', video, '--batch_size', '2',
+                              '--threshold', '0', '--output_dir', str(tmp_path / 'out')])
+    assert [r['frame'] for r in results] == [0, 1, 2]
+    assert len(results[2]['detections']) == 20, 'the last, partial batch must be run too'
+    assert os.path.getsize(str(tmp_path / 'out' / 'clip.mp4')) > 0
+
+
+@pytest.mark.parametrize('engine', ['paddle', 'onnxruntime'])
+def test_wrong_input_size_names_both_sizes(default_case, engine, request):
+    module = request.getfixturevalue('paddle_infer' if engine == 'paddle' else 'ort_infer')
+    if engine == 'paddle':
+        detector = module.PaddleDetector(default_case.model_dir)
+    else:
+        if not os.path.isfile(os.path.join(default_case.model_dir, 'model.onnx')):
+            pytest.skip('paddle2onnx is not installed: no model.onnx')
+        detector = module.OrtDetector(default_case.model_dir)
+    inputs = {'image': np.zeros([1, 3, 96, 64], 'float32'), 'im_shape': np.array([[96, 64]], 'float32'),
+              'scale_factor': np.ones([1, 2], 'float32')}
+    with pytest.raises(ValueError, match=r'input image is 96x64 \(HxW\) but this model was exported for 64x96'):
+        detector.predict(inputs)

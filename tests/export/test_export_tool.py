@@ -1,0 +1,49 @@
+"""Export-tool pieces that need no export: the size rules and the oneDNN-safe upsampling."""
+import sys
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from export_utils import ROOT
+
+sys.path.insert(0, ROOT)
+
+from ppdet_rtdetr.export import resolve_export_size  # noqa: E402
+from ppdet_rtdetr.modeling.hybrid_encoder import upsample_nearest  # noqa: E402
+
+
+@pytest.mark.parametrize('hw, size', [((2, 3), (4, 6)), ((4, 4), (7, 8)), ((5, 3), (9, 5)), ((13, 17), (25, 33)),
+                                      ((20, 20), (40, 40))])
+def test_upsample_nearest_equals_interpolate(hw, size):
+    x = paddle.to_tensor(np.random.RandomState(0).rand(2, 3, *hw).astype('float32'))
+    got = upsample_nearest(x, size).numpy()
+    want = F.interpolate(x, size=list(size), mode='nearest').numpy()
+    assert got.shape == want.shape and (got == want).all(), f'max err {np.abs(got - want).max()}'
+
+
+def test_dynamic_size_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r'need a fixed input size .* got H x W = \[-1, -1\]'):
+        resolve_export_size({'eval_size': None}, [3, -1, -1])
+
+
+def test_no_size_anywhere_is_refused():
+    with pytest.raises(ValueError, match=r'no export size: pass --image_shape 3 H W or set eval_size'):
+        resolve_export_size({'eval_size': None, 'TestReader': {}})
+
+
+def test_image_shape_must_be_three_numbers():
+    with pytest.raises(ValueError, match=r'--image_shape must be 3 H W, got \[480, 640\]'):
+        resolve_export_size({'eval_size': [640, 640]}, [480, 640])
+
+
+def test_repeated_o_options_are_merged():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('export_model_tool', f'{ROOT}/tools/export_model.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = tool.parse_args(['-c', 'x.yml', '-o', 'weights=w', '--image_shape', '3', '32', '64', '-o', 'trt=True',
+                            'eval_size=[32,64]', '--onnx'])
+    assert args.opt == {'weights': 'w', 'trt': True, 'eval_size': [32, 64]}
+    assert args.image_shape == [3, 32, 64] and args.onnx

@@ -1,0 +1,42 @@
+"""deploy/fastdeploy/infer.py (FastDeploy's PaddleDetectionModel, onnxruntime backend) reproduces dygraph.
+
+fastdeploy-python 1.0.7 has wheels for Python <= 3.10 only, so the example runs in another interpreter:
+$FASTDEPLOY_PYTHON, else a pyenv 3.8-3.10 with `fastdeploy` importable. Skipped when there is none.
+"""
+import glob
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from export_utils import ROOT, ExportCase, assert_same_detections
+
+
+def _fastdeploy_python():
+    candidates = [os.environ.get('FASTDEPLOY_PYTHON', '')] + sorted(
+        glob.glob(os.path.expanduser('~/.pyenv/versions/3.1[0]*/bin/python')) +
+        glob.glob(os.path.expanduser('~/.pyenv/versions/3.[89]*/bin/python')))
+    for python in filter(os.path.isfile, candidates):
+        if subprocess.run([python, '-c', 'import fastdeploy'], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def test_fastdeploy_example_matches_dygraph(tmp_path):
+    python = _fastdeploy_python()
+    if python is None:
+        pytest.skip('no Python <= 3.10 with fastdeploy-python installed (set FASTDEPLOY_PYTHON)')
+    case = ExportCase('default')
+    if not os.path.isfile(os.path.join(case.model_dir, 'model.onnx')):
+        pytest.skip('paddle2onnx is not installed: no model.onnx')
+    image = os.path.join(case.images_dir, 'a_wide.png')
+    proc = subprocess.run([python, os.path.join(ROOT, 'deploy', 'fastdeploy', 'infer.py'), '--model_dir',
+                           case.model_dir, '--image_file', image, '--threshold', '0', '--output_dir', str(tmp_path)],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+    got = np.array([[r['class_id'], r['score']] + r['bbox'] for r in rows], 'float32')
+    err = assert_same_detections(got, case.ref['file_a_wide'], what='fastdeploy')
+    assert os.path.isfile(str(tmp_path / 'a_wide.png')), f'no drawn image (max box err {err:.2e})'
