@@ -13,6 +13,7 @@ and the Trainer's call reaches ``create('RTDETRTrainReader')``, whose settings m
 ``_BASE_`` files and ``-o RTDETRTrainReader.batch_size=8`` like any registered module's (a YAML-tagged
 object would not: a leaf could only replace it whole). No Trainer fork, no patch of ppdet.
 """
+from ppdet.core import workspace
 from ppdet.core.workspace import create, serializable
 
 __all__ = ['Delegate']
@@ -27,7 +28,8 @@ class Delegate(object):
 
     Returns:
         ``Delegate(to)(*args, **kwargs)`` returns ``create(to)(*args, **kwargs)``, built when called, so
-        it sees every config merge made after the YAML was loaded.
+        it sees every config merge made after the YAML was loaded. ``delegate[key]`` reads that module's
+        setting (ppdet's LogPrinter reads ``cfg['TrainReader']['batch_size']``).
     """
 
     def __init__(self, to):
@@ -35,3 +37,6 @@ class Delegate(object):
 
     def __call__(self, *args, **kwargs):
         return create(self.to)(*args, **kwargs)
+
+    def __getitem__(self, key):
+        return workspace.global_config[self.to][key]

@@ -90,8 +90,9 @@ def test_trainer_builds_the_v2_reader_through_train_reader(shapes_dataset):
     """`create('TrainReader')`, as the Trainer calls it: multi-scale before stop_epoch, 640x640 from it on."""
     from ppdet.core.workspace import create
     from ppdet_rtdetr.data.stop_epoch import RTDETRTrainReader
-    fresh_config(os.path.join(V2, 'rtdetrv2_r50vd_6x_coco.yml'),
-                 RTDETRTrainReader={'batch_size': 2, 'stop_epoch': 2})
+    cfg = fresh_config(os.path.join(V2, 'rtdetrv2_r50vd_6x_coco.yml'),
+                       RTDETRTrainReader={'batch_size': 2, 'stop_epoch': 2})
+    assert cfg['TrainReader']['batch_size'] == 2  # ppdet's LogPrinter reads it there
     loader = create('TrainReader')(_coco(shapes_dataset), 0)
     assert isinstance(loader, RTDETRTrainReader)
     got = _epoch_shapes(loader, [0, 1, 2])
