@@ -74,19 +74,42 @@ def _full_graph_to_static(to_static):
     return full_graph_to_static
 
 
-def _full_graph_export_in_trainer():
+_BN_TYPES = (paddle.nn.BatchNorm, paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D,
+             paddle.nn.BatchNorm3D, paddle.nn.SyncBatchNorm)
+
+
+# ppdet 2.6.0's Trainer converts every BatchNorm of the model to SyncBatchNorm when `norm_type: sync_bn`
+# trains on several GPUs. Paddle's SyncBatchNorm has no use_global_stats, so the frozen backbone norms
+# of the RT-DETR recipe (freeze_norm) would normalise with batch statistics and update their stored
+# ones. The Trainer's conversion now leaves layers that use global statistics as they are.
+def _convert_sync_batchnorm_keeping_frozen(layer):
+    """SyncBatchNorm.convert_sync_batchnorm, except for norms with use_global_stats=True (frozen)."""
+    if isinstance(layer, _BN_TYPES):
+        if getattr(layer, '_use_global_stats', None):
+            return layer
+        return paddle.nn.SyncBatchNorm.convert_sync_batchnorm(layer)
+    for name, child in list(layer._sub_layers.items()):
+        layer._sub_layers[name] = _convert_sync_batchnorm_keeping_frozen(child)
+    return layer
+
+
+class _SyncBatchNormKeepingFrozen(paddle.nn.SyncBatchNorm):
+    convert_sync_batchnorm = staticmethod(_convert_sync_batchnorm_keeping_frozen)
+
+
+def _trainer_paddle_view():
+    """What ppdet's trainer module sees as `paddle`: full-graph to_static, frozen-aware sync-BN."""
     if isinstance(ppdet_trainer.paddle, _ModuleView):
         return
     jit = _ModuleView(paddle.jit, to_static=_full_graph_to_static(paddle.jit.to_static))
-    ppdet_trainer.paddle = _ModuleView(paddle, jit=jit)
+    nn = _ModuleView(paddle.nn, SyncBatchNorm=_SyncBatchNormKeepingFrozen)
+    ppdet_trainer.paddle = _ModuleView(paddle, jit=jit, nn=nn)
 
 
 # ppdet 2.6.0's ModelEMA(ema_filter_no_grad=True) (the RT-DETR recipe) calls `.append` on its black
 # list, which is a set: "'set' object has no attribute 'append'". Adding the frozen parameters at
 # that point would also be wrong: their EMA entries were already set to zeros, and apply() returns
 # black-listed entries unchanged, so the EMA weights would zero every frozen parameter.
-_BN_TYPES = (paddle.nn.BatchNorm, paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D,
-             paddle.nn.BatchNorm3D, paddle.nn.SyncBatchNorm)
 
 
 def _ema_init_with_no_grad_filter(ema_init):
@@ -195,7 +218,7 @@ def apply():
     """Install every shim (idempotent)."""
     _fix_print_params()
     _add_pillow_textsize()
-    _full_graph_export_in_trainer()
+    _trainer_paddle_view()
     _fix_ema_filter_no_grad()
     _fix_merge_into_objects()
 

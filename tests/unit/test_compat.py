@@ -238,3 +238,21 @@ def test_decode_needs_no_shim_for_odd_image_modes():
     assert (gray[..., 0] == gray[..., 2]).all(), 'grayscale did not become three equal channels'
     rotated = Decode()({'image': _encode(rgb, 'JPEG', exif=exif)})
     assert rotated['image'].shape == (50, 30, 3), 'EXIF orientation must match PIL exif_transpose'
+
+
+def test_trainer_sync_bn_conversion_keeps_frozen_norms():
+    import paddle
+    from ppdet.engine import trainer as ppdet_trainer
+
+    def model():
+        return paddle.nn.Sequential(paddle.nn.BatchNorm2D(4, use_global_stats=True), paddle.nn.BatchNorm2D(4))
+
+    # Paddle's own conversion turns the frozen norm into a SyncBatchNorm, losing use_global_stats
+    plain = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model())
+    assert isinstance(plain[0], paddle.nn.SyncBatchNorm)
+    # what ppdet's Trainer calls keeps it frozen and converts only the trained norm
+    converted = ppdet_trainer.paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model())
+    assert type(converted[0]) is paddle.nn.BatchNorm2D and converted[0]._use_global_stats is True
+    assert isinstance(converted[1], paddle.nn.SyncBatchNorm)
+    assert paddle.nn.SyncBatchNorm.convert_sync_batchnorm is not \
+        ppdet_trainer.paddle.nn.SyncBatchNorm.convert_sync_batchnorm, 'paddle itself must stay untouched'

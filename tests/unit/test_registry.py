@@ -34,6 +34,8 @@ def test_import_next_to_a_ppdet_that_has_the_official_names():
 def test_our_names_collide_with_nothing_in_paddledet_2_6():
     import ppdet.modeling  # noqa: F401  (everything ppdet 2.6.0 registers)
     from ppdet.core.workspace import global_config
-    theirs = {n for n, v in global_config.items() if not v.pymodule.__name__.startswith('ppdet_rtdetr')}
+    # registered classes only (config objects such as a loaded dataset sit in the same dict)
+    theirs = {n for n, v in global_config.items()
+              if hasattr(v, 'pymodule') and not v.pymodule.__name__.startswith('ppdet_rtdetr')}
     assert not theirs & set(OURS), theirs & set(OURS)
     assert not set(NEWER_PPDET_NAMES) & set(OURS)
