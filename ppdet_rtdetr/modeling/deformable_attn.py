@@ -45,11 +45,14 @@ def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_wei
                                          padding_mode='zeros', align_corners=False))
         else:
             sampled.append(_gather_nearest(value_l, locs_list[lvl]))
-    # [b, q, nh, sum(np)] -> [b*nh, 1, q, sum(np)]
-    weights = attention_weights.transpose([0, 2, 1, 3]).reshape([b * nh, 1, q, -1])
-    out = (paddle.concat(sampled, axis=-1) * weights).sum(-1)  # [b*nh, hc, q]
-    # [b*nh, hc, q] -> [b, nh*hc, q] -> [b, q, nh*hc]
-    return out.reshape([b, nh * hc, q]).transpose([0, 2, 1])
+    # the weighted sum over points as a batched matmul: Paddle Inference reduces over a short last axis
+    # ~20x slower (with or without oneDNN)
+    # [b, q, nh, sum(np)] -> [b*nh, q, sum(np), 1]
+    weights = attention_weights.transpose([0, 2, 1, 3]).reshape([b * nh, q, -1, 1])
+    # [b*nh, hc, q, sum(np)] -> [b*nh, q, hc, sum(np)] @ weights -> [b*nh, q, hc, 1]
+    out = paddle.matmul(paddle.concat(sampled, axis=-1).transpose([0, 2, 1, 3]), weights)
+    # [b*nh, q, hc, 1] -> [b, nh, q, hc] -> [b, q, nh, hc] -> [b, q, nh*hc]
+    return out.reshape([b, nh, q, hc]).transpose([0, 2, 1, 3]).reshape([b, q, nh * hc])
 
 
 def _gather_nearest(value_l, locs):
@@ -129,14 +132,17 @@ class MSDeformableAttention(nn.Layer):
         total = sum(self.num_points_list)
         # [b, l, c] -> [b, l, nh, c/nh]
         value = self.value_proj(value).reshape([b, -1, self.num_heads, self.head_dim])
-        # [b, q, nh*sum(np)*2] -> [b, q, nh, sum(np), 2]
-        offsets = self.sampling_offsets(query).reshape([b, q, self.num_heads, total, 2])
+        # [b, q, nh*sum(np)*2] -> [b*q, nh*sum(np), 2]: 3-D, because Paddle Inference runs 5-D broadcasts on
+        # slow reference kernels (~8x slower, with or without oneDNN)
+        offsets = self.sampling_offsets(query).reshape([b * q, self.num_heads * total, 2])
         weights = F.softmax(self.attention_weights(query).reshape([b, q, self.num_heads, total]), axis=-1)
         if reference_points.shape[-1] != 4:
             raise ValueError(f'reference_points must be boxes [b, q, 1, 4], got {reference_points.shape}')
-        # reference [b, q, 1, 4] -> [b, q, 1, 1, 4] to broadcast over heads and points
-        ref = reference_points.unsqueeze(2)
-        scale = self.num_points_scale.astype(query.dtype).unsqueeze(-1)  # [sum(np), 1]
-        locs = ref[..., :2] + offsets * scale * ref[..., 2:] * self.offset_scale
+        # [b, q, 1, 4] -> [b*q, 1, 4]: one box per query, broadcast over heads and points
+        ref = reference_points.reshape([b * q, 1, 4])
+        # [sum(np)] -> [nh*sum(np), 1]: each point's 1/np, times offset_scale
+        scale = (self.num_points_scale.astype(query.dtype).tile([self.num_heads]) * self.offset_scale).unsqueeze(-1)
+        # [b*q, nh*sum(np), 2] -> [b, q, nh, sum(np), 2]
+        locs = (ref[..., :2] + offsets * scale * ref[..., 2:]).reshape([b, q, self.num_heads, total, 2])
         out = ms_deform_attn_core(value, spatial_shapes, locs, weights, self.num_points_list, self.method)
         return self.output_proj(out)
