@@ -18,22 +18,8 @@ from ppdet.core.workspace import load_config, merge_config
 from ppdet.utils.cli import ArgsParser
 
 from ppdet_rtdetr.compat import resolve_device
-from ppdet_rtdetr.export import build_export_model, export_inference_model, export_onnx, resolve_export_size
-
-
-def _merge_opt_lists(argv):
-    """Join every `-o k=v ...` group into one: ppdet's `-o` is an argparse nargs='*' option, so a second `-o`
-    silently replaces the first (e.g. `-o weights=W -o trt=True` would export random weights)."""
-    opts, rest, in_opt = [], [], False
-    for arg in argv:
-        if arg in ('-o', '--opt'):
-            in_opt = True
-        elif in_opt and not arg.startswith('-'):
-            opts.append(arg)
-        else:
-            in_opt = False
-            rest.append(arg)
-    return rest + (['-o'] + opts if opts else [])
+from ppdet_rtdetr.export import (build_export_model, export_inference_model, export_onnx, merge_opt_lists,
+                                 resolve_export_size)
 
 
 def parse_args(argv=None):
@@ -42,7 +28,7 @@ def parse_args(argv=None):
     parser.add_argument('--image_shape', nargs=3, type=int, default=None, metavar=('C', 'H', 'W'),
                         help='input size to bake (default: eval_size of the config)')
     parser.add_argument('--onnx', action='store_true', help='also write model.onnx (paddle2onnx, opset 16)')
-    return parser.parse_args(_merge_opt_lists(sys.argv[1:] if argv is None else argv))
+    return parser.parse_args(merge_opt_lists(sys.argv[1:] if argv is None else argv))
 
 
 def main(argv=None):
