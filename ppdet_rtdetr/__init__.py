@@ -9,5 +9,6 @@ from .data import transforms  # noqa: F401  (reader transforms ppdet 2.6.0 lacks
 from . import delegate, optim  # noqa: F401  (config hooks: !Delegate, RTDETROptimizerBuilder)
 from .data import stop_epoch  # noqa: F401  (RTDETRTrainReader, BeforeStopEpoch)
 from .data import coco  # noqa: F401  (RTDETRCOCODataSet: checks the annotation file when loaded)
+from . import engine  # noqa: F401  (Trainer hooks: fine-tune loading, atomic checkpoints, NaN-loss stop)
 
 __version__ = '0.1.0'

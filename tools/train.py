@@ -1,6 +1,6 @@
 """Train an RT-DETR config with ppdet's Trainer, as PaddleDetection's tools/train.py does.
 
-    python tools/train.py -c configs/rtdetr/rtdetr_r50vd_6x_coco.yml --eval [-r output/x/10] [--amp]
+    python tools/train.py -c configs/rtdetr/rtdetr_r50vd_6x_coco.yml --eval [-r output/x[/10]] [--amp]
         [--use_vdl --vdl_log_dir vdl/] [-o key=value ...]
 
 `use_gpu: true` in a config falls back to CPU on a CPU-only Paddle build (see compat.resolve_device).
@@ -31,7 +31,8 @@ def str2bool(value):
 def parse_args(argv=None):
     parser = ArgsParser()
     parser.add_argument('--eval', action='store_true', help='evaluate after every snapshot epoch')
-    parser.add_argument('-r', '--resume', default=None, help='checkpoint (path without suffix)')
+    parser.add_argument('-r', '--resume', default=None,
+                        help='checkpoint (path without suffix), or its folder: the newest complete one in it')
     parser.add_argument('--slim_config', default=None, help='PaddleSlim config to apply')
     parser.add_argument('--enable_ce', action='store_true', help='fix the random seeds to 0')
     parser.add_argument('--amp', action='store_true',

@@ -11,7 +11,22 @@ from .box_ops import inverse_sigmoid
 from .deformable_attn import MSDeformableAttention
 from .layers import MultiHeadAttention, get_activation
 
-__all__ = ['TransformerDecoderLayer', 'TransformerDecoder']
+__all__ = ['TransformerDecoderLayer', 'TransformerDecoder', 'clamp_fp16']
+
+FP16_MAX = 65504.  # the largest finite float16
+
+
+def clamp_fp16(x):
+    """x clipped to [-65504, 65504] when it is float16 (AMP); any other dtype is returned as is.
+
+    A float16 residual sum or FFN output that overflows becomes inf, and the next LayerNorm turns inf into
+    NaN for every query (RT-DETR PR#464 clamps at the same places). Clipping keeps the value large and
+    finite. The clip runs in float32 because CPU builds have no float16 clip kernel; +-65504 is exact in
+    both types, so the result is the same as a float16 clip.
+    """
+    if x.dtype != paddle.float16:
+        return x
+    return paddle.clip(x.astype('float32'), -FP16_MAX, FP16_MAX).astype('float16')
 
 
 class TransformerDecoderLayer(nn.Layer):
@@ -42,11 +57,11 @@ class TransformerDecoderLayer(nn.Layer):
         """tgt [b, q, c], ref_points [b, q, 1, 4] (cxcywh in [0, 1]), memory [b, l, c],
         attn_mask None or float [q, q] (0 / -inf), query_pos_embed [b, q, c] -> [b, q, c]."""
         q = k = tgt + query_pos_embed
-        tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt, attn_mask)))
+        tgt = self.norm1(clamp_fp16(tgt + self.dropout(self.self_attn(q, k, tgt, attn_mask))))
         cross = self.cross_attn(tgt + query_pos_embed, ref_points, memory, spatial_shapes)
-        tgt = self.norm2(tgt + self.dropout(cross))
-        ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout(ffn))
+        tgt = self.norm2(clamp_fp16(tgt + self.dropout(cross)))
+        ffn = clamp_fp16(self.linear2(self.dropout(self.activation(self.linear1(tgt)))))
+        return self.norm3(clamp_fp16(tgt + self.dropout(ffn)))
 
 
 class TransformerDecoder(nn.Layer):
