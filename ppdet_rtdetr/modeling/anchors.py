@@ -21,7 +21,9 @@ def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype='float32'):
     anchors = []
     for lvl, (h, w) in enumerate(spatial_shapes):
         grid_y, grid_x = paddle.meshgrid(paddle.arange(h, dtype=dtype), paddle.arange(w, dtype=dtype))
-        centre = (paddle.stack([grid_x, grid_y], -1) + 0.5) / paddle.to_tensor([w, h], dtype=dtype)
+        # [w, h] built with paddle.full: paddle.to_tensor leaks ~120 bytes of host memory per call in Paddle 3.3
+        size = paddle.concat([paddle.full([1], w, dtype), paddle.full([1], h, dtype)])
+        centre = (paddle.stack([grid_x, grid_y], -1) + 0.5) / size
         wh = paddle.full_like(centre, grid_size * 2.0 ** lvl)
         # [h, w, 4] -> [1, h*w, 4]
         anchors.append(paddle.concat([centre, wh], -1).reshape([1, h * w, 4]))

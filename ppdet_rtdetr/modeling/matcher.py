@@ -97,6 +97,7 @@ class RTDETRHungarianMatcher(object):
                 indices.append((_empty_index(), _empty_index()))
                 continue
             src, tgt = linear_sum_assignment(cost_i[i])
-            indices.append((paddle.to_tensor(src, dtype='int64'),
-                            paddle.to_tensor(tgt, dtype='int64')))
+            # paddle.assign, not paddle.to_tensor: in Paddle 3.3 every to_tensor call leaks ~120 bytes of host
+            # memory (benchmarks/memory_growth.py), and this runs for every image of every step
+            indices.append((paddle.assign(src.astype('int64')), paddle.assign(tgt.astype('int64'))))
         return indices
