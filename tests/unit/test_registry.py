@@ -7,7 +7,8 @@ import textwrap
 NEWER_PPDET_NAMES = ['HybridEncoder', 'RTDETRTransformer', 'RTDETRTransformerv2', 'DETRPostProcess', 'PPHGNetV2',
                      'TransformerLayer', 'MaskHybridEncoder', 'RTDETRv3', 'DINOv3Head']
 OURS = ['RTDETRDetector', 'RTDETRResNet', 'RTDETRHGNetV2', 'RTDETRHybridEncoder', 'RTDETRDeformableTransformer',
-        'RTDETRHead', 'RTDETRCriterion', 'RTDETRHungarianMatcher', 'RTDETRPostProcess']
+        'RTDETRHead', 'RTDETRCriterion', 'RTDETRHungarianMatcher', 'RTDETRPostProcess', 'RTDETRCOCODataSet',
+        'RTDETRTrainReader', 'RTDETROptimizerBuilder']
 
 
 def test_import_next_to_a_ppdet_that_has_the_official_names():
