@@ -4,13 +4,12 @@
         [--classwise] [--output_eval dir --save_prediction_only] [--json_eval --output_eval dir]
 """
 import ppdet_rtdetr  # noqa: F401  (registers modules)
-from ppdet.core.workspace import create, load_config, merge_config
+from ppdet.core.workspace import create
 from ppdet.engine import Trainer, init_parallel_env
 from ppdet.metrics.coco_utils import json_eval_results
-from ppdet.utils.check import check_config, check_version
-from ppdet.utils.cli import ArgsParser, merge_args
+from ppdet.utils.cli import ArgsParser
 
-from ppdet_rtdetr.compat import resolve_device
+from ppdet_rtdetr.cli import load_tool_config
 
 
 def parse_args(argv=None):
@@ -30,16 +29,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config)
-    merge_args(cfg, args)
-    merge_config(args.opt)
-    resolve_device(cfg)
-    if args.slim_config:
-        from ppdet.slim import build_slim_model
-        cfg = build_slim_model(cfg, args.slim_config, mode='eval')
-        merge_config(args.opt)  # the slim config must not override the command line
-    check_config(cfg)
-    check_version()
+    cfg, _ = load_tool_config(args, mode='eval')
 
     if args.json_eval:
         json_eval_results(cfg.metric, json_directory=args.output_eval,

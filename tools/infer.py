@@ -7,31 +7,19 @@
 Writes one picture with the boxes drawn per image to --output_dir and, with --save_results, the
 detections of all images to --output_dir/bbox.json (COCO result format).
 """
-import argparse
 import glob
 import os
 
 import ppdet_rtdetr  # noqa: F401  (registers modules)
-from ppdet.core.workspace import load_config, merge_config
 from ppdet.engine import Trainer
-from ppdet.utils.check import check_config, check_version
-from ppdet.utils.cli import ArgsParser, merge_args
+from ppdet.utils.cli import ArgsParser
 from ppdet.utils.logger import setup_logger
 
-from ppdet_rtdetr.compat import resolve_device
+from ppdet_rtdetr.cli import load_tool_config, str2bool
 
 logger = setup_logger('infer')
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
-
-
-def str2bool(value):
-    """Accept both `--save_results` and ppdet's `--save_results True` / `--visualize False`."""
-    if value.lower() in ('true', 't', 'yes', 'y', '1'):
-        return True
-    if value.lower() in ('false', 'f', 'no', 'n', '0'):
-        return False
-    raise argparse.ArgumentTypeError('expected a boolean, got {!r}'.format(value))
 
 
 def parse_args(argv=None):
@@ -78,16 +66,7 @@ def find_images(infer_img=None, infer_dir=None):
 def main(argv=None):
     args = parse_args(argv)
     images = find_images(args.infer_img, args.infer_dir)  # before the slow model build
-    cfg = load_config(args.config)
-    merge_args(cfg, args)
-    merge_config(args.opt)
-    resolve_device(cfg)
-    if args.slim_config:
-        from ppdet.slim import build_slim_model
-        cfg = build_slim_model(cfg, args.slim_config, mode='test')
-        merge_config(args.opt)  # the slim config must not override the command line
-    check_config(cfg)
-    check_version()
+    cfg, _ = load_tool_config(args, mode='test')
 
     trainer = Trainer(cfg, mode='test')
     trainer.load_weights(cfg.weights)

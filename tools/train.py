@@ -5,27 +5,14 @@
 
 `use_gpu: true` in a config falls back to CPU on a CPU-only Paddle build (see compat.resolve_device).
 """
-import argparse
-
 import ppdet_rtdetr  # noqa: F401  (registers modules)
-from ppdet.core.workspace import load_config, merge_config
 from ppdet.engine import Trainer, init_fleet_env, init_parallel_env, set_random_seed
-from ppdet.utils.check import check_config, check_version
-from ppdet.utils.cli import ArgsParser, merge_args
+from ppdet.utils.cli import ArgsParser
 from ppdet.utils.logger import setup_logger
 
-from ppdet_rtdetr.compat import resolve_device
+from ppdet_rtdetr.cli import load_tool_config, str2bool
 
 logger = setup_logger('train')
-
-
-def str2bool(value):
-    """Accept both `--use_vdl` and ppdet's `--use_vdl True` spelling."""
-    if value.lower() in ('true', 't', 'yes', 'y', '1'):
-        return True
-    if value.lower() in ('false', 'f', 'no', 'n', '0'):
-        return False
-    raise argparse.ArgumentTypeError('expected a boolean, got {!r}'.format(value))
 
 
 def parse_args(argv=None):
@@ -50,19 +37,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config)
-    merge_args(cfg, args)
-    merge_config(args.opt)
-    device = resolve_device(cfg)
+    cfg, device = load_tool_config(args, mode='train')
     if args.amp and device not in ('gpu', 'npu', 'mlu'):
         logger.warning('--amp has no effect on {}: ppdet 2.6.0 turns auto_cast on for GPU, NPU '
                        'and MLU only.'.format(device))
-    if args.slim_config:
-        from ppdet.slim import build_slim_model
-        cfg = build_slim_model(cfg, args.slim_config)
-        merge_config(args.opt)  # the slim config must not override the command line
-    check_config(cfg)
-    check_version()
 
     if args.fleet:
         init_fleet_env(cfg.get('find_unused_parameters', False))

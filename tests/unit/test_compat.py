@@ -256,3 +256,12 @@ def test_trainer_sync_bn_conversion_keeps_frozen_norms():
     assert isinstance(converted[1], paddle.nn.SyncBatchNorm)
     assert paddle.nn.SyncBatchNorm.convert_sync_batchnorm is not \
         ppdet_trainer.paddle.nn.SyncBatchNorm.convert_sync_batchnorm, 'paddle itself must stay untouched'
+
+
+def test_str2bool_reads_ppdet_spellings():
+    import argparse
+
+    from ppdet_rtdetr.cli import str2bool
+    assert [str2bool(v) for v in ('True', 'yes', '1', 'False', 'n', '0')] == [True] * 3 + [False] * 3
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a boolean, got 'maybe'"):
+        str2bool('maybe')
