@@ -8,7 +8,8 @@ The model is exported once (random weights with seed 0 unless `-o weights=` is g
 batch size runs in its own process with `cpu_threads` math threads: warm-up, `runs` timed runs of the model
 (inputs already preprocessed; copies in and out included), a numpy float32 GEMM (2048^3) measured right
 before and after as this machine's reference speed (shared VMs drift by 1.5x). GFLOPs count a multiply-add
-as 2 (convolutions, linear layers and attention matmuls of the deployed, RepVGG-fused model). dygraph also
+as 2 (convolutions, linear layers and attention matmuls) of the model each engine runs: RepVGG-fused for the
+exported engines, unfused for dygraph (as tools/eval.py runs it). dygraph also
 reports its stages (backbone, encoder, transformer = query selection + decoder, post-process); --profile adds
 the per-op share of Paddle Inference / onnxruntime. Prints the JSON (and writes it to --output).
 """
@@ -90,7 +91,7 @@ def count_gflops(model, inputs):
         model(inputs)
     for handle in hooks:
         handle.remove()
-    return {part: round(flops / 1e9, 3) for part, flops in totals.items()}
+    return {part: flops / 1e9 for part, flops in totals.items()}
 
 
 def prepare(args, work_dir):
@@ -119,10 +120,11 @@ def prepare(args, work_dir):
     facts = {'config': os.path.relpath(args.config, ROOT), 'overrides': args.opt, 'input_hw': [h, w],
              'weights': args.opt.get('weights') or 'random (seed 0)',
              'params_M': round(sum(int(np.prod(p.shape)) for p in model.parameters()) / 1e6, 2),
-             'gflops_per_image_by_part': count_gflops(model, inputs),
-             # what dygraph eval runs: RepVGG blocks with both branches
-             'gflops_per_image_unfused': round(sum(unfused.values()), 3)}
-    facts['gflops_per_image'] = round(sum(facts['gflops_per_image_by_part'].values()), 3)
+             'gflops_per_image_by_part': {k: round(v, 3) for k, v in count_gflops(model, inputs).items()},
+             # what dygraph eval runs (RepVGG blocks with both branches), so what its GFLOP/s are counted on
+             'gflops_per_image_by_part_unfused': {k: round(v, 3) for k, v in unfused.items()}}
+    for key in ('', '_unfused'):
+        facts['gflops_per_image' + key] = round(sum(facts['gflops_per_image_by_part' + key].values()), 3)
     model_dir = export_inference_model(cfg, model, os.path.join(work_dir, 'model'))
     if 'onnxruntime' in args.engines:
         export_onnx(model_dir)
@@ -242,8 +244,11 @@ def worker(args):
         config = inference.Config(*_load_deploy('python/preprocess.py', 'deploy_pre').find_model_files(args.model_dir))
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(args.cpu_threads)
+        # Paddle 3 turns oneDNN on by default on CPU: off unless asked, as PaddleDetector does
         if args.worker == 'paddle_mkldnn':
             config.enable_mkldnn()
+        else:
+            config.disable_mkldnn()
         config.enable_profile()
         predictor = inference.create_predictor(config)
         for name in predictor.get_input_names():
@@ -361,12 +366,13 @@ def main(argv=None):
         results = []
         for engine in args.engines:
             for batch in args.batch_sizes:
+                key = '_unfused' if engine == 'dygraph' else ''
                 result = summarize(run_worker(args, engine, batch, model_dir, weights),
-                                   report['model']['gflops_per_image'], batch)
+                                   report['model']['gflops_per_image' + key], batch)
                 if 'stages_ms' in result:
                     gemm = (result['gemm_gflops_before'] + result['gemm_gflops_after']) / 2
                     result['stages'] = _stage_fractions(result.pop('stages_ms'),
-                                                        report['model']['gflops_per_image_by_part'], gemm, batch)
+                                                        report['model']['gflops_per_image_by_part' + key], gemm, batch)
                 results.append(dict(engine=engine, batch_size=batch, **result))
                 print(f"{engine:14s} batch {batch}: {result['latency_ms']['median']:9.1f} ms  "
                       f"{result['fraction_of_gemm']:.0%} of GEMM", file=sys.stderr)
