@@ -15,9 +15,9 @@ from export_utils import ROOT, ExportCase, assert_same_detections
 
 
 def _fastdeploy_python():
-    candidates = [os.environ.get('FASTDEPLOY_PYTHON', '')] + sorted(
-        glob.glob(os.path.expanduser('~/.pyenv/versions/3.1[0]*/bin/python')) +
-        glob.glob(os.path.expanduser('~/.pyenv/versions/3.[89]*/bin/python')))
+    pyenv = os.path.expanduser('~/.pyenv/versions')
+    candidates = [os.environ.get('FASTDEPLOY_PYTHON', '')] + [
+        python for version in ('3.10', '3.9', '3.8') for python in sorted(glob.glob(f'{pyenv}/{version}.*/bin/python'))]
     for python in filter(os.path.isfile, candidates):
         if subprocess.run([python, '-c', 'import fastdeploy'], capture_output=True).returncode == 0:
             return python
