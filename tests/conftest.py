@@ -31,6 +31,25 @@ def fresh_config(path, **overrides):
     return cfg
 
 
+def reference_layout(name, prefix=''):
+    """{key: shape tuple} of a reference key list (name<TAB>shape<TAB>dtype) in ../shared/reference.
+
+    With `prefix`, only the keys under it, with the prefix stripped (e.g. 'backbone.' for a backbone alone).
+    """
+    out = {}
+    with open(os.path.join(REFERENCE, name)) as f:
+        for line in f:
+            key, shape, _ = line.rstrip('\n').split('\t')
+            if key.startswith(prefix):
+                out[key[len(prefix):]] = tuple(int(d) for d in shape.strip('[]').split(',') if d.strip())
+    return out
+
+
+def model_layout(model):
+    """{key: shape tuple} of a model's state dict."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def build_from_config(path, **overrides):
     """Build the architecture of a config file (with top-level overrides), in train mode."""
     from ppdet.core.workspace import create

@@ -4,24 +4,12 @@ import os
 
 import pytest
 
-from conftest import REFERENCE, ROOT, build_from_config, fresh_config
+from conftest import ROOT, build_from_config, fresh_config, model_layout, reference_layout
 
 LEAVES = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.yml'), recursive=True)
                 if '_base_' not in p and os.sep + 'datasets' + os.sep not in p and not p.endswith('runtime.yml'))
 
 
-def _ref(name):
-    """{key: shape} of a reference key list (name<TAB>shape<TAB>dtype)."""
-    out = {}
-    with open(os.path.join(REFERENCE, name)) as f:
-        for line in f:
-            key, shape, _ = line.rstrip('\n').split('\t')
-            out[key] = tuple(int(d) for d in shape.strip('[]').split(',') if d.strip())
-    return out
-
-
-def _layout(model):
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _diff(got, want):
@@ -71,23 +59,23 @@ def test_config_builds_on_cpu(path):
                                          ('rtdetr_hgnetv2_l_6x_coco.yml', 'rtdetr_hgnetv2_l_keys.txt'),
                                          ('rtdetr_hgnetv2_x_6x_coco.yml', 'rtdetr_hgnetv2_x_keys.txt')])
 def test_official_layouts(config, ref):
-    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', config)))
-    want = _ref(ref)
+    got = model_layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', config)))
+    want = reference_layout(ref)
     assert got == want, _diff(got, want)
 
 
 def test_r34_layout_follows_the_naming_rules():
     from ppdet.modeling.backbones.resnet import ResNet
-    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r34vd_6x_coco.yml')))
+    got = model_layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r34vd_6x_coco.yml')))
     backbone = {'backbone.' + k: tuple(v.shape) for k, v in
                 ResNet(depth=34, variant='d', return_idx=[1, 2, 3], freeze_norm=False).state_dict().items()}
-    want = dict(backbone, **_with_decoder_layers(_part(_ref('rtdetr_r18vd_keys.txt'), 'backbone.', False), 4))
+    want = dict(backbone, **_with_decoder_layers(_part(reference_layout('rtdetr_r18vd_keys.txt'), 'backbone.', False), 4))
     assert got == want, _diff(got, want)
 
 
 def test_r50_m_layout_follows_the_naming_rules():
-    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r50vd_m_6x_coco.yml')))
-    r50, r18 = _ref('rtdetr_r50vd_keys.txt'), _ref('rtdetr_r18vd_keys.txt')
+    got = model_layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r50vd_m_6x_coco.yml')))
+    r50, r18 = reference_layout('rtdetr_r50vd_keys.txt'), reference_layout('rtdetr_r18vd_keys.txt')
     # R50 backbone and 6-layer decoder; the expansion-0.5 encoder of R18 fed by R50's channels
     want = dict(_part(r50, 'neck.', False), **_part(_part(r18, 'neck.'), 'neck.input_proj', False),
                 **_part(r50, 'neck.input_proj'))
@@ -96,7 +84,7 @@ def test_r50_m_layout_follows_the_naming_rules():
 
 def test_r101_layout_follows_the_naming_rules():
     from ppdet.modeling.backbones.resnet import ResNet
-    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r101vd_6x_coco.yml')))
+    got = model_layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r101vd_6x_coco.yml')))
     backbone = {'backbone.' + k: tuple(v.shape) for k, v in
                 ResNet(depth=101, variant='d', return_idx=[1, 2, 3]).state_dict().items()}
     assert _part(got, 'backbone.') == backbone, _diff(_part(got, 'backbone.'), backbone)
@@ -106,13 +94,13 @@ def test_r101_layout_follows_the_naming_rules():
     assert got['neck.encoder.0.layers.0.linear1.weight'] == (384, 2048)
     assert got['neck.fpn_blocks.0.conv1.conv.weight'] == (384, 768, 1, 1)
     assert got['transformer.input_proj.0.conv.weight'] == (256, 384, 1, 1)
-    r50 = _ref('rtdetr_r50vd_keys.txt')
+    r50 = reference_layout('rtdetr_r50vd_keys.txt')
     assert set(_part(got, 'backbone.', False)) == set(_part(r50, 'backbone.', False))
 
 
 def test_hgnetv2_h_layout_follows_the_naming_rules():
-    got = _layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_hgnetv2_h_6x_coco.yml')))
-    x = _ref('rtdetr_hgnetv2_x_keys.txt')
+    got = model_layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_hgnetv2_h_6x_coco.yml')))
+    x = reference_layout('rtdetr_hgnetv2_x_keys.txt')
     # X's decoder; an encoder of width 512 with two AIFI layers
     assert _part(got, 'transformer.', True).keys() == _part(x, 'transformer.', True).keys()
     assert got['transformer.input_proj.0.conv.weight'] == (256, 512, 1, 1)

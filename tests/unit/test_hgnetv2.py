@@ -1,6 +1,5 @@
 """RTDETRHGNetV2: official parameter names, shapes, freeze options, and numerics against numpy."""
 import math
-import os
 
 import numpy as np
 import paddle
@@ -9,26 +8,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ppdet.core.workspace import SchemaDict, create, global_config
 
 import ppdet_rtdetr  # noqa: F401  (registers modules)
+from conftest import model_layout, reference_layout
 from ppdet_rtdetr.modeling.hgnetv2 import RTDETRHGNetV2
 
-REF_DIR = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'shared', 'reference')
 H, W = 64, 96  # non-square on purpose, so an h/w swap shows up
 BN_EPS = 1e-5
-
-
-def _reference_keys(fname):
-    """(name, shape) of the official checkpoint's backbone, with the ``backbone.`` prefix stripped."""
-    keys = set()
-    with open(os.path.join(REF_DIR, fname)) as f:
-        for line in f:
-            name, shape = line.split('\t')[:2]
-            if name.startswith('backbone.'):
-                keys.add((name[len('backbone.'):], shape))
-    return keys
-
-
-def _keys(model):
-    return {(k, str(list(v.shape))) for k, v in model.state_dict().items()}
 
 
 def _image(h=H, w=W, seed=0):
@@ -114,10 +98,10 @@ def _np_hg_block(x, sd, light, residual, num_layers=6):
 @pytest.mark.parametrize('arch, fname', [('L', 'rtdetr_hgnetv2_l_keys.txt'),
                                          ('X', 'rtdetr_hgnetv2_x_keys.txt')])
 def test_state_dict_matches_official_checkpoint(arch, fname):
-    ref = _reference_keys(fname)
-    ours = _keys(RTDETRHGNetV2(arch=arch))
+    ref = reference_layout(fname, 'backbone.')
+    ours = model_layout(RTDETRHGNetV2(arch=arch))
     assert ref, 'no backbone keys read from ' + fname
-    assert ours == ref, 'missing: {}\nextra: {}'.format(sorted(ref - ours)[:10], sorted(ours - ref)[:10])
+    assert ours == ref, 'missing: {}\nextra: {}'.format(sorted(set(ref) - set(ours))[:10], sorted(set(ours) - set(ref))[:10])
 
 
 def test_h_builds_with_documented_channels():
@@ -270,7 +254,7 @@ def test_lab_only_after_activations():
 def test_sync_bn_falls_back_to_batchnorm_on_one_process():
     model = RTDETRHGNetV2(arch='L', norm_type='sync_bn', freeze_norm=False)
     assert not any(isinstance(m, paddle.nn.SyncBatchNorm) for m in model.sublayers())
-    assert _keys(model) == _reference_keys('rtdetr_hgnetv2_l_keys.txt')
+    assert model_layout(model) == reference_layout('rtdetr_hgnetv2_l_keys.txt', 'backbone.')
 
 
 def test_registered_with_ppdet_schema():

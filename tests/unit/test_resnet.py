@@ -1,5 +1,4 @@
 """RTDETRResNet: official parameter names, parity with ppdet 2.6.0's ResNet, and its options."""
-import os
 
 import numpy as np
 import paddle
@@ -8,25 +7,10 @@ from ppdet.core.workspace import global_config
 from ppdet.modeling.backbones.resnet import ResNet as PPDetResNet
 
 import ppdet_rtdetr  # noqa: F401  (registers modules)
+from conftest import model_layout, reference_layout
 from ppdet_rtdetr.modeling.resnet import RTDETRResNet
 
-REF_DIR = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'shared', 'reference')
 H, W = 64, 96  # non-square on purpose, so an h/w swap shows up
-
-
-def _reference_keys(fname):
-    """(name, shape) of the official checkpoint's backbone, with the ``backbone.`` prefix stripped."""
-    keys = set()
-    with open(os.path.join(REF_DIR, fname)) as f:
-        for line in f:
-            name, shape = line.split('\t')[:2]
-            if name.startswith('backbone.'):
-                keys.add((name[len('backbone.'):], shape))
-    return keys
-
-
-def _keys(model):
-    return {(k, str(list(v.shape))) for k, v in model.state_dict().items()}
 
 
 def _image(seed=0, h=H, w=W):
@@ -35,10 +19,10 @@ def _image(seed=0, h=H, w=W):
 
 @pytest.mark.parametrize('depth, fname', [(18, 'rtdetr_r18vd_keys.txt'), (50, 'rtdetr_r50vd_keys.txt')])
 def test_state_dict_matches_official_checkpoint(depth, fname):
-    ref = _reference_keys(fname)
-    ours = _keys(RTDETRResNet(depth=depth))
+    ref = reference_layout(fname, 'backbone.')
+    ours = model_layout(RTDETRResNet(depth=depth))
     assert ref, 'no backbone keys read from ' + fname
-    assert ours == ref, 'missing: {}\nextra: {}'.format(sorted(ref - ours)[:10], sorted(ours - ref)[:10])
+    assert ours == ref, 'missing: {}\nextra: {}'.format(sorted(set(ref) - set(ours))[:10], sorted(set(ours) - set(ref))[:10])
 
 
 @pytest.mark.parametrize('depth, counts', [(34, [3, 4, 6, 3]), (101, [3, 4, 23, 3])])
@@ -62,7 +46,7 @@ def test_deeper_nets_follow_ppdet_names(depth, counts):
     assert [s.channels for s in model.out_shape] == (
         [256, 512, 1024, 2048] if depth == 101 else [64, 128, 256, 512])
     # ppdet's own ResNet is an independent source for every name and shape.
-    assert _keys(model) == _keys(PPDetResNet(depth=depth, variant='d'))
+    assert model_layout(model) == model_layout(PPDetResNet(depth=depth, variant='d'))
 
 
 @pytest.mark.parametrize('depth, variant', [(18, 'd'), (50, 'd'), (50, 'a'), (34, 'b')])
@@ -202,7 +186,7 @@ def test_sync_bn_is_plain_bn_without_data_parallel():
     model = RTDETRResNet(depth=18, norm_type='sync_bn', freeze_norm=False)
     norms = [m for m in model.sublayers() if isinstance(m, paddle.nn.layer.norm._BatchNormBase)]
     assert norms and all(type(m) is paddle.nn.BatchNorm2D for m in norms)
-    assert _keys(model) == _reference_keys('rtdetr_r18vd_keys.txt')
+    assert model_layout(model) == reference_layout('rtdetr_r18vd_keys.txt', 'backbone.')
 
 
 @pytest.mark.parametrize('kwargs, message', [

@@ -5,23 +5,11 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import REFERENCE, ROOT, TINY_CFG, build_from_config
+from conftest import ROOT, TINY_CFG, build_from_config, model_layout, reference_layout
 
 V1, V2 = os.path.join(ROOT, 'configs', 'rtdetr'), os.path.join(ROOT, 'configs', 'rtdetrv2')
 
 
-def _ref(name):
-    """{key: shape} of a reference key list (name<TAB>shape<TAB>dtype)."""
-    out = {}
-    with open(os.path.join(REFERENCE, name)) as f:
-        for line in f:
-            key, shape, _ = line.rstrip('\n').split('\t')
-            out[key] = tuple(int(d) for d in shape.strip('[]').split(',') if d.strip())
-    return out
-
-
-def _layout(model):
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _with_points_scale(layout, total_points=12):
@@ -39,13 +27,13 @@ def _diff(got, want):
 @pytest.mark.parametrize('leaf, ref', [('rtdetrv2_r18vd_120e_coco.yml', 'rtdetrv2_r18vd_paddle_keys.txt'),
                                        ('rtdetrv2_r18vd_dsp_3x_coco.yml', 'rtdetrv2_r18vd_paddle_discrete_keys.txt')])
 def test_r18_layout_equals_the_official_v2_checkpoint(leaf, ref):
-    got, want = _layout(build_from_config(os.path.join(V2, leaf))), _ref(ref)
+    got, want = model_layout(build_from_config(os.path.join(V2, leaf))), reference_layout(ref)
     assert got == want, _diff(got, want)
 
 
 def test_r50_layout_is_v1_r50_plus_points_scale():
-    got = _layout(build_from_config(os.path.join(V2, 'rtdetrv2_r50vd_6x_coco.yml')))
-    want = _with_points_scale(_ref('rtdetr_r50vd_keys.txt'))
+    got = model_layout(build_from_config(os.path.join(V2, 'rtdetrv2_r50vd_6x_coco.yml')))
+    want = _with_points_scale(reference_layout('rtdetr_r50vd_keys.txt'))
     assert got == want, _diff(got, want)
 
 
@@ -54,8 +42,8 @@ def test_r50_layout_is_v1_r50_plus_points_scale():
                                               ('rtdetrv2_r101vd_6x_coco.yml', 'rtdetr_r101vd_6x_coco.yml')])
 def test_other_layouts_are_their_v1_layout_plus_points_scale(v2_leaf, v1_leaf):
     """v1 layouts are checked against the official key lists in test_configs.py."""
-    want = _with_points_scale(_layout(build_from_config(os.path.join(V1, v1_leaf))))
-    got = _layout(build_from_config(os.path.join(V2, v2_leaf)))
+    want = _with_points_scale(model_layout(build_from_config(os.path.join(V1, v1_leaf))))
+    got = model_layout(build_from_config(os.path.join(V2, v2_leaf)))
     assert got == want, _diff(got, want)
 
 
@@ -154,7 +142,7 @@ def test_per_level_points_3_6_3_build_train_and_eval(method):
     attn = model.transformer.decoder.layers[0].cross_attn
     scale = [1 / 3] * 3 + [1 / 6] * 6 + [1 / 3] * 3
     np.testing.assert_allclose(attn.num_points_scale.numpy(), scale, rtol=1e-7)
-    layout = _layout(model)
+    layout = model_layout(model)
     nh = 2
     assert layout['transformer.decoder.layers.1.cross_attn.num_points_scale'] == (12,)
     assert layout['transformer.decoder.layers.1.cross_attn.sampling_offsets.weight'] == (32, nh * 12 * 2)
