@@ -327,3 +327,17 @@ def test_tool_exit_codes_and_config_form(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert 'TrainDataset:' in out and 'EvalDataset:' in out
     assert out.count('ERROR [ann_file_missing]') == 1
+
+
+@pytest.mark.parametrize('orientation', [1, 3, 6, 8])
+def test_jpeg_size_from_header_equals_ppdets_full_decode(tmp_path, orientation):
+    """The fast path (header size + 1/8-scale decode) reports the size cv2's full decode gives ppdet."""
+    from PIL import Image
+
+    from ppdet_rtdetr.data.check import _decoded_size
+    path = str(tmp_path / 'rotated.jpg')
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(path, exif=exif)
+    full = cv2.imread(path, cv2.IMREAD_COLOR)
+    assert _decoded_size(path) == ((float(full.shape[1]), float(full.shape[0])), None)
