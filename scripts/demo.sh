@@ -10,7 +10,7 @@ CFG=configs/demo/rtdetr_r18vd_shapes.yml
 OUT=output/demo
 mkdir -p "$OUT/samples"
 python tools/make_demo_dataset.py --out dataset/shapes --num_train 400 --num_val 60
-python tools/train.py -c "$CFG" --eval 2>&1 | tee "$OUT/train.log"
+python tools/train.py -c "$CFG" --eval -o output_eval="$OUT" 2>&1 | tee "$OUT/train.log"
 cp dataset/shapes/images/val/00000[0-5].jpg "$OUT/samples/"
 python tools/infer.py -c "$CFG" -o weights=output/rtdetr_r18vd_shapes/model_final \
     --infer_dir "$OUT/samples" --output_dir "$OUT/pictures" --draw_threshold 0.5 --save_results
