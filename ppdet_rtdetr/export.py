@@ -211,10 +211,13 @@ def export_inference_model(cfg, model, save_dir):
 def export_onnx(model_dir, save_file=None, opset_version=16):
     """Convert an exported folder to ONNX with paddle2onnx (opset 16 has GridSample).
 
-    paddle2onnx's default optimizer (polygraphy) pip-installs packages at run time (it upgraded numpy to 2.x
-    here), so optimisation is off. Returns the path of the written file (model_dir/model.onnx by default);
-    raises RuntimeError when paddle2onnx writes nothing (it logs the error and carries on).
+    A model that needs a newer opset (ppdet's SwinTransformer needs 17) is converted at that opset, with a
+    warning: paddle2onnx would otherwise abort the process. Its default optimizer (polygraphy) pip-installs
+    packages at run time (it upgraded numpy to 2.x here), so optimisation is off.
+    Returns the path of the written file (model_dir/model.onnx by default); raises RuntimeError when
+    paddle2onnx writes nothing (it logs the error and carries on).
     """
+    import onnx
     import paddle2onnx
     model_file = os.path.join(model_dir, 'model.json')
     if not os.path.exists(model_file):
@@ -223,8 +226,12 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
     if os.path.exists(save_file):
         os.remove(save_file)
     paddle2onnx.export(model_file, os.path.join(model_dir, 'model.pdiparams'), save_file,
-                       opset_version=opset_version, auto_upgrade_opset=False, enable_onnx_checker=True,
+                       opset_version=opset_version, auto_upgrade_opset=True, enable_onnx_checker=True,
                        optimize_tool='None')
     if not os.path.exists(save_file):
         raise RuntimeError(f'paddle2onnx did not convert {model_file} (see its log above)')
+    opsets = onnx.load(save_file, load_external_data=False).opset_import
+    opset = max(o.version for o in opsets if o.domain in ('', 'ai.onnx'))
+    if opset != opset_version:
+        logger.warning(f'{save_file} was written at ONNX opset {opset}: the model has ops opset {opset_version} lacks.')
     return save_file

@@ -295,8 +295,8 @@ def _worker_env(threads):
 
 
 def run_worker(args, engine, batch, model_dir, weights):
-    cmd = [sys.executable, os.path.abspath(__file__), '--worker', engine, '--model_dir', model_dir, '--weights', weights,
-           '--batch_size', str(batch), '--cpu_threads', str(args.cpu_threads), '--warmup', str(args.warmup),
+    cmd = [sys.executable, os.path.abspath(__file__), '--worker', engine, '--model_dir', model_dir, '--weights',
+           weights, '--batch_size', str(batch), '--cpu_threads', str(args.cpu_threads), '--warmup', str(args.warmup),
            '--runs', str(args.runs), '--gemm_size', str(args.gemm_size), '-c', args.config, '--image_shape',
            *[str(s) for s in args.image_shape]] + (['--profile'] if args.profile else [])
     cmd += ['-o'] + [f'{k}={json.dumps(v)}' for k, v in args.opt.items()] if args.opt else []

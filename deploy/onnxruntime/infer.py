@@ -33,7 +33,8 @@ class OrtDetector(Detector):
         super().__init__(model_dir)
         model_file = model_file or os.path.join(model_dir, 'model.onnx')
         if not os.path.isfile(model_file):
-            raise FileNotFoundError(f'{model_file} not found: convert with tools/export_onnx.py --model_dir {model_dir}')
+            raise FileNotFoundError(f'{model_file} not found: convert it with '
+                                    f'tools/export_onnx.py --model_dir {model_dir}')
         providers = ['CPUExecutionProvider']
         if device.upper() == 'GPU':
             if 'CUDAExecutionProvider' not in ort.get_available_providers():

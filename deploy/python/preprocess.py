@@ -121,4 +121,5 @@ def check_input_size(image, image_shape):
     if got != want:
         raise ValueError(f'input image is {got[0]}x{got[1]} (HxW) but this model was exported for '
                          f'{want[0]}x{want[1]}: its anchors and position embeddings are baked for that size. '
-                         f'Resize the input to {want[0]}x{want[1]} or re-export with --image_shape 3 {got[0]} {got[1]}.')
+                         f'Resize the input to {want[0]}x{want[1]} or re-export with '
+                         f'--image_shape 3 {got[0]} {got[1]}.')
