@@ -20,6 +20,7 @@ import tempfile
 
 import cv2
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CFG = os.path.join(ROOT, 'configs', 'tests', 'rtdetr_tiny.yml')
@@ -120,3 +121,15 @@ def assert_same_detections(got, want, rtol=1e-3, score_tol=1e-4, what=''):
         used.add(match[0])
         worst = max(worst, float(np.abs(got[match[0], 2:] - row[2:]).max()))
     return worst
+
+
+# fixtures shared by test_deploy.py and test_engines.py (imported there by name)
+@pytest.fixture(scope='module')
+def paddle_infer():
+    return load_deploy_module('python/infer.py', 'deploy_paddle_infer')
+
+
+@pytest.fixture(scope='module')
+def ort_infer():
+    pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
+    return load_deploy_module('onnxruntime/infer.py', 'deploy_ort_infer')

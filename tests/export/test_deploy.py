@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from export_utils import CASES, IMAGE_SIZES, ExportCase, assert_same_detections, load_deploy_module
+from export_utils import (CASES, IMAGE_SIZES, ExportCase, assert_same_detections,  # noqa: F401
+                          ort_infer, paddle_infer)  # fixtures
 
 PPDET_INFER_CFG_KEYS = ['mode', 'draw_threshold', 'metric', 'use_dynamic_shape', 'arch', 'min_subgraph_size',
                         'Preprocess', 'label_list']
@@ -22,17 +23,6 @@ EXPORT_SIZES = {'default': [64, 96], 'discrete_raw': [96, 64]}
 @pytest.fixture(scope='module')
 def default_case():
     return ExportCase('default')
-
-
-@pytest.fixture(scope='module')
-def paddle_infer():
-    return load_deploy_module('python/infer.py', 'deploy_paddle_infer')
-
-
-@pytest.fixture(scope='module')
-def ort_infer():
-    pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
-    return load_deploy_module('onnxruntime/infer.py', 'deploy_ort_infer')
 
 
 def _image_paths(case):

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from export_utils import CASES, ExportCase, assert_same_detections, load_deploy_module
+from export_utils import CASES, ExportCase, assert_same_detections, ort_infer, paddle_infer  # noqa: F401
 
 BATCHES = [1, 3]
 
@@ -17,17 +17,6 @@ BATCHES = [1, 3]
 @pytest.fixture(scope='module', params=list(CASES))
 def case(request):
     return ExportCase(request.param)
-
-
-@pytest.fixture(scope='module')
-def paddle_infer():
-    return load_deploy_module('python/infer.py', 'deploy_paddle_infer')
-
-
-@pytest.fixture(scope='module')
-def ort_infer():
-    pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
-    return load_deploy_module('onnxruntime/infer.py', 'deploy_ort_infer')
 
 
 def _check(detector, case, batch, engine):
