@@ -4,9 +4,9 @@ The exported contract (what `deploy/` reads):
 - inputs `image` float32 [-1, 3, H, W] (RGB in the range the config's NormalizeImage gives), `im_shape` float32
   [-1, 2] (H, W) and `scale_factor` float32 [-1, 2] (H / original h, W / original w); the batch is dynamic,
   H x W is fixed: anchors and position embeddings are baked for it.
-- outputs `bbox` [b*K, 6] (class index, score, x1, y1, x2, y2 in original-image pixels) and `bbox_num`
-  int32 [b]; with exclude_post_process the only input is `image` and the outputs are the raw
-  (boxes [b, n, 4] sigmoid cxcywh, logits [b, n, k]).
+- outputs, in this order (Paddle names them fetch_name_0 and fetch_name_1): `bbox` [b*K, 6] (class index,
+  score, x1, y1, x2, y2 in original-image pixels) and `bbox_num` int32 [b]; with exclude_post_process the
+  only input is `image` and the outputs are the raw (boxes [b, n, 4] sigmoid cxcywh, logits [b, n, k]).
 - `infer_cfg.yml`: ppdet's fields (mode, draw_threshold, metric, use_dynamic_shape, arch, min_subgraph_size,
   Preprocess, label_list) plus `image_shape` [3, H, W], `exclude_post_process`, `num_top_queries` and
   `use_focal_loss` (what a numpy post-process of a raw export needs).
