@@ -11,4 +11,6 @@ from .data import stop_epoch  # noqa: F401  (RTDETRTrainReader, BeforeStopEpoch)
 from .data import coco  # noqa: F401  (RTDETRCOCODataSet: checks the annotation file when loaded)
 from . import engine  # noqa: F401  (Trainer hooks: fine-tune loading, atomic checkpoints, NaN-loss stop)
 
+from .config import load_config  # noqa: E402  (the one config loader of every tool)
+
 __version__ = '0.1.0'

@@ -1,11 +1,12 @@
 """What the ppdet-style tools share before their real work: boolean flags, config loading, device choice."""
 import argparse
 
-from ppdet.core.workspace import load_config, merge_config
+from ppdet.core.workspace import merge_config
 from ppdet.utils.check import check_config, check_version
 from ppdet.utils.cli import merge_args
 
 from .compat import resolve_device
+from .config import load_config
 
 __all__ = ['str2bool', 'load_tool_config']
 

@@ -14,10 +14,11 @@ import os
 import sys
 
 import ppdet_rtdetr  # noqa: F401  (registers modules)
-from ppdet.core.workspace import load_config, merge_config
+from ppdet.core.workspace import merge_config
 from ppdet.utils.cli import ArgsParser
 
 from ppdet_rtdetr.compat import resolve_device
+from ppdet_rtdetr.config import load_config
 from ppdet_rtdetr.export import (build_export_model, export_inference_model, export_onnx, merge_opt_lists,
                                  resolve_export_size)
 

@@ -3,8 +3,9 @@ import os
 
 import numpy as np
 import paddle
-from ppdet.core.workspace import create, load_config
+from ppdet.core.workspace import create
 
+from ..config import load_config
 from .names import DROPPED, EMBEDDINGS, PADDED_EMBEDDINGS, blocks_per_stage, torch_to_paddle_name
 from .torch_zip import CheckpointError, read_torch_zip
 

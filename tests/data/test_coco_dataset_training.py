@@ -1,7 +1,7 @@
 """RTDETRCOCODataSet in training: every defect check_coco finds is skipped or repaired with its warning
 logged, or stops the run before anything is written; any category-id scheme comes back in the predictions.
 
-The check's own rules are tested in tests/unit/test_check_dataset.py; here the dataset class and the
+The check's own rules are tested in tests/data/test_check_dataset.py; here the dataset class and the
 Trainer are under test, on copies of the synthetic shapes data (train images 1-3 with 1, 3 and 3 boxes;
 image 4 has none and is skipped without allow_empty).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_CFG, fresh_config
-from data_cases import (TRAIN_ANN, LogRecords, checkpoint_files, light_config, make_shapes, read_json,
+from helpers.data_cases import (TRAIN_ANN, LogRecords, checkpoint_files, light_config, make_shapes, read_json,
                         write_json)
 
 from ppdet_rtdetr.data.check_report import _MESSAGES, DatasetError

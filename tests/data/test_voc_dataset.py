@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_CFG, fresh_config
-from data_cases import LIGHT, checkpoint_files
+from helpers.data_cases import LIGHT, checkpoint_files
 
 LABELS = ['cat', 'dog']
 # image stem -> (width, height, [(name, difficult, xmin, ymin, xmax, ymax)])

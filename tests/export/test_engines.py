@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from export_utils import CASES, ExportCase, assert_same_detections, ort_infer, paddle_infer  # noqa: F401
+from helpers.export_utils import CASES, ExportCase, assert_same_detections, ort_infer, paddle_infer  # noqa: F401
 
 BATCHES = [1, 3]
 

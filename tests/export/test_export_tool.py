@@ -6,7 +6,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from export_utils import ROOT
+from helpers.export_utils import ROOT
 
 sys.path.insert(0, ROOT)
 

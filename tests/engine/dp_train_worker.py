@@ -1,6 +1,6 @@
 """tools/train.py, plus every rank's weights on disk: the script test_data_parallel.py launches per rank.
 
-    python -m paddle.distributed.launch --nproc_per_node 2 tests/workflow/dp_train_worker.py -c CFG -o ...
+    python -m paddle.distributed.launch --nproc_per_node 2 tests/engine/dp_train_worker.py -c CFG -o ...
 
 ppdet writes checkpoints on rank 0 only, so the ranks cannot be compared from them. This runs
 tools/train.py's ``main()`` unchanged (same arguments, same Trainer) with ``Trainer.train`` wrapped to save

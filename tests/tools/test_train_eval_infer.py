@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import fresh_config
-from workflow_helpers import CATEGORY_IDS, TINY_CFG, Job, dataset_overrides, make_shapes, run, tool_command
+from helpers.workflow_helpers import CATEGORY_IDS, TINY_CFG, Job, dataset_overrides, make_shapes, run, tool_command
 
 # ppdet's training log line, e.g. "Epoch: [1] [0/2] learning_rate: 0.000256 loss_class: ..."
 EPOCH_LINE = re.compile(r'Epoch: \[(\d+)\] \[\s*(\d+)/(\d+)\] learning_rate: ([0-9.e+-]+)')

@@ -1,4 +1,4 @@
-"""Helpers for tests/data: small datasets on disk, a light tiny config, and log capture."""
+"""Helpers for the data and engine tests: small datasets on disk, a light tiny config, and log capture."""
 import json
 import logging
 import os

@@ -5,7 +5,7 @@ import sys
 import paddle
 import paddle.nn as nn
 
-from export_utils import ROOT
+from helpers.export_utils import ROOT
 
 sys.path.insert(0, ROOT)
 

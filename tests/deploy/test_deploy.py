@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from export_utils import (CASES, IMAGE_SIZES, ExportCase, assert_same_detections,  # noqa: F401
+from helpers.export_utils import (CASES, IMAGE_SIZES, ExportCase, assert_same_detections,  # noqa: F401
                           ort_infer, paddle_infer)  # fixtures
 
 PPDET_INFER_CFG_KEYS = ['mode', 'draw_threshold', 'metric', 'use_dynamic_shape', 'arch', 'min_subgraph_size',

@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from data_cases import checkpoint_files, light_config, make_shapes
+from helpers.data_cases import checkpoint_files, light_config, make_shapes
 
 from ppdet_rtdetr.engine import checkpoint
 

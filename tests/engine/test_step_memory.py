@@ -8,7 +8,7 @@ import gc
 
 import paddle
 
-from data_cases import light_config, make_shapes
+from helpers.data_cases import light_config, make_shapes
 
 
 def test_paddle_to_tensor_still_leaks_so_the_model_must_avoid_it():

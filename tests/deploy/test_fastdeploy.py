@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from export_utils import ROOT, ExportCase, assert_same_detections
+from helpers.export_utils import ROOT, ExportCase, assert_same_detections
 
 
 def _fastdeploy_python():

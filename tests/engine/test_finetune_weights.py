@@ -8,7 +8,7 @@ import paddle
 import pytest
 
 from conftest import TINY_CFG, build_from_config
-from data_cases import LIGHT, LogRecords
+from helpers.data_cases import LIGHT, LogRecords
 
 from ppdet_rtdetr.engine import pretrain
 

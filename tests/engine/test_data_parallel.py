@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 import pytest
 
-from workflow_helpers import TINY_CFG, dataset_overrides, make_shapes, run
+from helpers.workflow_helpers import TINY_CFG, dataset_overrides, make_shapes, run
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'dp_train_worker.py')
 RANKS = (0, 1)

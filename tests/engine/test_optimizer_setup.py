@@ -12,7 +12,7 @@ import paddle
 import pytest
 
 from conftest import fresh_config
-from workflow_helpers import TINY_CFG, make_shapes
+from helpers.workflow_helpers import TINY_CFG, make_shapes
 
 BASE_LR, START_FACTOR, WARMUP_STEPS = 4e-4, 0.1, 5  # configs/tests/rtdetr_tiny.yml
 BACKBONE_LR_MULT = 0.1  # RTDETRResNet.lr_mult_list of res2..res5; the stem keeps 1.0
