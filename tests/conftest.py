@@ -26,7 +26,7 @@ def fresh_config(path, **overrides):
         _REGISTRY = {k: copy.copy(v) for k, v in workspace.global_config.items()}
     workspace.global_config.clear()
     workspace.global_config.update({k: copy.copy(v) for k, v in _REGISTRY.items()})
-    cfg = workspace.load_config(path)
+    cfg = ppdet_rtdetr.load_config(path)  # our loader: official RT-DETR configs are translated
     if overrides:
         workspace.merge_config(overrides)
     return cfg
