@@ -31,7 +31,7 @@ def _parse(argv):
 
 def _jobs_from_config(path, num_classes):
     """(name, ann_file, image_dir, num_classes, skip_empty) for each COCO dataset of a ppdet config."""
-    from ppdet.core.workspace import load_config
+    from ppdet_rtdetr import load_config  # official RT-DETR configs too
     cfg = load_config(path)
     num_classes = cfg.get('num_classes') if num_classes is None else num_classes
     jobs = []

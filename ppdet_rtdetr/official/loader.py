@@ -28,21 +28,21 @@ def _merge(base, override):
     return out
 
 
-def read_config(path):
+def read_config(path, loader=yaml.Loader):
     """The merged raw config of `path` and its `_BASE_` files, as ppdet merges them, without touching ppdet's
     global config (ppdet 2.6.0's own `_load_config_with_base` merges the first base into it).
 
-    YAML tags (`!PiecewiseDecay`, `!COCODataSet`) build their objects as ppdet's loader does.
+    With the default `loader`, YAML tags (`!PiecewiseDecay`, `!COCODataSet`) build their objects as ppdet's does.
     """
     with open(path) as f:
-        cfg = yaml.load(f, Loader=yaml.Loader) or {}
+        cfg = yaml.load(f, Loader=loader) or {}
     bases = cfg.pop(workspace.BASE_KEY, [])
     merged = {}
     for base in bases:
         base = os.path.expanduser(base)
         if not os.path.isabs(base):
             base = os.path.join(os.path.dirname(path), base)
-        merged = _merge(merged, read_config(base))
+        merged = _merge(merged, read_config(base, loader))
     return _merge(merged, cfg)
 
 
