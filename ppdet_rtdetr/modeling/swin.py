@@ -1,4 +1,9 @@
-"""paddledet 2.6.0's SwinTransformer with the official RT-DETR options `arch` and a clear download error."""
+"""paddledet 2.6.0's SwinTransformer with the official RT-DETR options `arch` and a clear download error.
+
+PaddleDetection develop keeps each window attention's `relative_position_index` out of the state dict
+(2.6.0 saves it); it is a constant of the window size, so here it is a non-persistable buffer too and the
+layout equals the official RT-DETR Swin-L checkpoint's.
+"""
 from ppdet.core.workspace import register
 from ppdet.modeling.backbones.swin_transformer import SwinTransformer
 
@@ -27,7 +32,8 @@ SWIN_ARCHS = {
 
 @register
 class RTDETRSwinTransformer(SwinTransformer):
-    """ppdet 2.6.0's SwinTransformer (same layers, same state-dict names) plus the official `arch` option.
+    """ppdet 2.6.0's SwinTransformer (same layers and names; `relative_position_index` not saved, as officially)
+    plus the official `arch` option.
 
     Args:
         arch (str|None): one of SWIN_ARCHS (e.g. 'swin_L_384'); as in PaddleDetection, it sets
@@ -58,5 +64,8 @@ class RTDETRSwinTransformer(SwinTransformer):
                          attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, ape=ape,
                          patch_norm=patch_norm, out_indices=out_indices, frozen_stages=frozen_stages,
                          pretrained=None)
+        for _, layer in self.named_sublayers():
+            if 'relative_position_index' in layer._buffers:
+                layer.register_buffer('relative_position_index', layer.relative_position_index, persistable=False)
         if pretrained:
             load_backbone_pretrained(self, pretrained, 'SwinTransformer.pretrained')
