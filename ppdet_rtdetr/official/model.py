@@ -74,8 +74,9 @@ def _check_encoder_width(options, path):
     layer = options.get('encoder_layer') or {}
     d_model = layer.pop('d_model', None)
     if d_model is not None and d_model != options['hidden_dim']:
-        raise OfficialConfigError(path, 'TransformerLayer', 'd_model', f'{d_model} differs from the '
-                                  f"HybridEncoder hidden_dim {options['hidden_dim']} (the official model cannot run so)")
+        raise OfficialConfigError(path, 'TransformerLayer', 'd_model',
+                                  f"{d_model} differs from the HybridEncoder hidden_dim {options['hidden_dim']} "
+                                  '(the official model cannot run so)')
 
 
 def _v2_points(options, section):

@@ -42,7 +42,7 @@ def translate_optimizer(raw, path):
         return {}
     unknown = sorted(set(section) - set(BUILDER_KEYS))
     if unknown:
-        raise OfficialConfigError(path, 'OptimizerBuilder', unknown[0], f'not a key of the official builder')
+        raise OfficialConfigError(path, 'OptimizerBuilder', unknown[0], 'not a key of the official builder')
     if section.get('clip_grad_by_value') is not None:
         raise OfficialConfigError(path, 'OptimizerBuilder', 'clip_grad_by_value',
                                   'not supported with param_groups (RTDETROptimizerBuilder clips by norm)')

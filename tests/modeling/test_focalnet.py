@@ -28,7 +28,8 @@ def official_layout(embed_dim, depths, focal_levels, focal_windows, use_conv_emb
             p = f'layers.{i}.blocks.{j}.'
             for norm in ('norm1', 'norm2'):
                 out.update({p + norm + '.weight': (d,), p + norm + '.bias': (d,)})
-            out.update({p + 'modulation.f.weight': (d, 2 * d + levels + 1), p + 'modulation.f.bias': (2 * d + levels + 1,),
+            gated = 2 * d + levels + 1  # q, context and L + 1 gates
+            out.update({p + 'modulation.f.weight': (d, gated), p + 'modulation.f.bias': (gated,),
                         p + 'modulation.h.weight': (d, d, 1, 1), p + 'modulation.h.bias': (d,),
                         p + 'modulation.proj.weight': (d, d), p + 'modulation.proj.bias': (d,),
                         p + 'mlp.fc1.weight': (d, mlp_ratio * d), p + 'mlp.fc1.bias': (mlp_ratio * d,),
