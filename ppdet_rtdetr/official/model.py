@@ -116,5 +116,5 @@ def translate_model(raw, path):
         raise OfficialConfigError(path, 'DETR', 'backbone', f'{backbone!r} is neither an official RT-DETR backbone '
                                   f'we translate {BACKBONES} nor a module registered in ppdet')
     # any other registered ppdet backbone keeps its own section, as in our configs
-    consumed = [name for name in MODULES if name in raw and name not in sections]
+    consumed = [name for name in MODULES if name in raw]
     return sections, consumed
