@@ -1,5 +1,5 @@
 """Atomic checkpoints: a run that dies while saving leaves the previous checkpoint loadable, and --resume
-continues from the newest complete one."""
+continues from the newest complete one (RTDETRTrainer)."""
 import os
 
 import numpy as np
@@ -71,7 +71,7 @@ def test_an_empty_folder_is_not_a_resume_point(tmp_path):
 
 def test_training_killed_while_saving_resumes_from_the_previous_epoch(tmp_path, monkeypatch):
     """Epoch 0 is saved as `0`; the run dies renaming epoch 1's `model_final`; resume trains epoch 1 again."""
-    from ppdet.engine import Trainer
+    from ppdet_rtdetr.engine import RTDETRTrainer as Trainer
     data = make_shapes(tmp_path / 'data')  # 3 usable train images: one step per epoch
     save_dir = tmp_path / 'out'
     run_dir = save_dir / 'rtdetr_tiny'
