@@ -207,12 +207,3 @@ def test_decode_needs_no_shim_for_odd_image_modes():
     assert (gray[..., 0] == gray[..., 2]).all(), 'grayscale did not become three equal channels'
     rotated = Decode()({'image': _encode(rgb, 'JPEG', exif=exif)})
     assert rotated['image'].shape == (50, 30, 3), 'EXIF orientation must match PIL exif_transpose'
-
-
-def test_str2bool_reads_ppdet_spellings():
-    import argparse
-
-    from ppdet_rtdetr.cli import str2bool
-    assert [str2bool(v) for v in ('True', 'yes', '1', 'False', 'n', '0')] == [True] * 3 + [False] * 3
-    with pytest.raises(argparse.ArgumentTypeError, match="expected a boolean, got 'maybe'"):
-        str2bool('maybe')
