@@ -75,19 +75,19 @@ class RTDETRTrainer(Trainer):
         if not self.use_amp:
             return [loss_guard.LossGuard(self)]
         guards = [loss_guard.LossGuard(self, self.cfg.get('nonfinite_loss_patience', loss_guard.DEFAULT_PATIENCE))]
-        # ppdet builds GradScaler(enable=use_gpu or use_npu or use_mlu) (all of them run it); a disabled
-        # scaler steps on whatever gradients it gets
+        # ppdet builds GradScaler(enable=use_gpu or use_npu or use_mlu), which Paddle runs on those devices;
+        # elsewhere the scaler is off and would step on whatever gradients it gets
         if not self._on_amp_device():
             guards.append(loss_guard.StepGate(self.optimizer, self.model.parameters()))
         return guards
 
     def train(self, validate=False):
+        guards = self._nonfinite_guards()  # first: a bad nonfinite_loss_patience is refused before any change
         sync_bn = self._sync_bn()
         if sync_bn:
             convert_sync_batchnorm_keeping_frozen(self.model)
             # ppdet's train() would convert again, frozen norms included: it reads norm_type from our cfg copy
             self.cfg['norm_type'] = 'bn'
-        guards = self._nonfinite_guards()
         try:
             return super().train(validate)
         finally:
