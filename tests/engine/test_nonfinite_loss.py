@@ -2,6 +2,7 @@
 saved; under --amp it skips the step as the loss scaler does and stops after nonfinite_loss_patience in a row.
 The AMP clamp keeps float16 decoder activations finite."""
 import math
+import re
 import types
 
 import numpy as np
@@ -108,11 +109,15 @@ def test_amp_skips_nonfinite_steps_and_stops_after_patience_in_a_row(tmp_path, s
     assert not {'step', 'minimize'} & set(vars(trainer.optimizer)), 'the step gate must be removed after train'
 
 
-def test_patience_must_be_a_positive_integer():
+@pytest.mark.parametrize('patience', [0, 2.5, True, '3'])
+def test_patience_must_be_a_positive_integer(patience):
+    from conftest import TINY_CFG, fresh_config
+    message = r"^nonfinite_loss_patience must be an integer >= 1, got {}$".format(re.escape(repr(patience)))
+    with pytest.raises(ValueError, match=message):
+        RTDETRTrainer(fresh_config(TINY_CFG, nonfinite_loss_patience=patience), mode='train')
     model = paddle.nn.Linear(2, 2)
-    trainer = types.SimpleNamespace(model=model, status={})
-    with pytest.raises(ValueError, match=r"^nonfinite_loss_patience must be an integer >= 1, got 0$"):
-        LossGuard(trainer, patience=0)
+    with pytest.raises(ValueError, match=message):
+        LossGuard(types.SimpleNamespace(model=model, status={}), patience=patience)
     assert not model._forward_post_hooks, 'a refused guard must not stay hooked'
 
 
