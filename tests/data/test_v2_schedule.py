@@ -136,7 +136,7 @@ def test_param_groups_take_effect_in_an_adamw_step(leaf):
     fresh_config(os.path.join(V2, leaf))
     base_lr = 0.5
     assert create('OptimizerBuilder')(base_lr, model)._grad_clip.clip_norm == 0.1
-    model = build_from_config(TINY_CFG)  # Paddle wrote the group rates into the parameters: start afresh
+    # a second build over the same model (Paddle wrote the first one's group rates into the parameters)
     fresh_config(os.path.join(V2, leaf), RTDETROptimizerBuilder={'clip_grad_by_norm': None})
     opt = create('OptimizerBuilder')(base_lr, model)
     params = [(n, p) for n, p in model.named_parameters() if p.trainable]
@@ -154,6 +154,34 @@ def test_param_groups_take_effect_in_an_adamw_step(leaf):
         if err > 1e-6:
             wrong.append((name, f'want lr {lr} wd {decay}: {want}, got {float(p.numpy().flat[0])} (max err {err:.2e})'))
     assert not wrong, f'{len(wrong)} parameters with a wrong update, e.g. {wrong[:4]}'
+
+
+def _groups(optimizer):
+    return [(g['learning_rate'], g['weight_decay'], [p.name for p in g['params']]) for g in optimizer._param_groups]
+
+
+def test_building_twice_gives_the_same_groups():
+    from ppdet.core.workspace import create
+    model = build_from_config(TINY_CFG)
+    # r34's recipe multiplies the backbone (already at 0.1 in res2..res5) by 0.5, norms included
+    fresh_config(os.path.join(V2, 'rtdetrv2_r34vd_120e_coco.yml'))
+    first = _groups(create('OptimizerBuilder')(1e-4, model))
+    factors = {n: p.optimize_attr['learning_rate'] for n, p in model.named_parameters()}
+    second = _groups(create('OptimizerBuilder')(1e-4, model))
+    assert second == first, f'rebuilt groups {[g[:2] for g in second]}, first {[g[:2] for g in first]}'
+    assert {n: p.optimize_attr['learning_rate'] for n, p in model.named_parameters()} == factors
+    assert factors['backbone.res2.res2a.branch2a.conv.weight'] == pytest.approx(0.1 * 0.5)
+    # another recipe afterwards starts from the parameters' own factors, not from r34's products
+    fresh_config(os.path.join(V2, 'rtdetrv2_r101vd_6x_coco.yml'))
+    create('OptimizerBuilder')(1e-4, model)
+    factors = {n: p.optimize_attr['learning_rate'] for n, p in model.named_parameters()}
+    assert factors['backbone.res2.res2a.branch2a.conv.weight'] == pytest.approx(0.1 * 0.01)
+    assert factors['backbone.conv1.conv1_1.conv.weight'] == pytest.approx(0.01)
+    # a factor set by hand since is the new own factor
+    param = dict(model.named_parameters())['neck.input_proj.0.0.weight']
+    param.optimize_attr['learning_rate'] = 0.3
+    create('OptimizerBuilder')(1e-4, model)
+    assert param.optimize_attr['learning_rate'] == pytest.approx(0.3)
 
 
 def test_unknown_param_group_key_is_an_error():
