@@ -188,3 +188,29 @@ def test_unknown_param_group_key_is_an_error():
     from ppdet_rtdetr.optim import RTDETROptimizerBuilder
     with pytest.raises(ValueError, match=r"param_groups.backbone: unknown keys \['lr'\]"):
         RTDETROptimizerBuilder(param_groups={'backbone': {'params': 'backbone', 'lr': 1e-5}})
+
+
+def _small_reader():
+    from ppdet_rtdetr.data.stop_epoch import RTDETRTrainReader
+    return RTDETRTrainReader(sample_transforms=[{'Decode': {}}], batch_transforms=[{'Permute': {}}],
+                             batch_size=1, collate_batch=False, stop_epoch=1)
+
+
+def test_a_missing_private_ppdet_attribute_is_named_with_the_ppdet_version(monkeypatch):
+    import ppdet
+    from ppdet.data.reader import Compose
+    monkeypatch.setattr(ppdet, '__version__', '2.9.0')
+    # a dataset class of a ppdet that no longer keeps the epoch in `_epoch`
+    with pytest.raises(RuntimeError, match=r"private attribute DetDataset\._epoch, written against ppdet 2\.6\.0, "
+                                           r"but the installed ppdet 2\.9\.0 has no such attribute"):
+        _small_reader()([], 0)
+    # a Compose that names its transform list otherwise
+    init = Compose.__init__
+
+    def renamed(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.transforms_list = self.__dict__.pop('transforms_cls')
+
+    monkeypatch.setattr(Compose, '__init__', renamed)
+    with pytest.raises(RuntimeError, match=r'private attribute Compose\.transforms_cls, .* ppdet 2\.9\.0 has no'):
+        _small_reader()
