@@ -50,8 +50,7 @@ class RTDETRDeformableTransformer(nn.Layer):
         cross_attn_method (str): 'default' (grid_sample) or 'discrete' (index gather, RT-DETRv2).
         offset_scale (float): deformable offset scale (0.5).
         query_select_method (str): 'default' (top-k of the max class score), 'one2many' (top-k over
-            queries x classes), 'agnostic' (top-k of a single class-agnostic score, k' = 1, trained as one
-            class that every gt belongs to: see `RTDETRCriterion`'s `enc_agnostic`).
+            queries x classes), 'agnostic' (a single class-agnostic score).
 
     forward(feats list of [b, c, h_i, w_i], pad_mask=None, gt_meta=None (inputs dict with gt_class / gt_bbox
     lists in training)) -> (dec_bboxes [n_dec, b, num_dn + n, 4] sigmoid cxcywh, dec_logits [n_dec, b, num_dn + n, k],
@@ -171,7 +170,8 @@ class RTDETRDeformableTransformer(nn.Layer):
             # top-k over tokens x classes; a token may be chosen once per class
             _, ind = paddle.topk(enc_logits.flatten(1), self.num_queries, axis=1)
             return ind // enc_logits.shape[-1]
-        # default: the best class of each token; agnostic: its one score ([b, l, 1] -> [b, l] either way)
+        # default: the best class of each token; agnostic: its one score ([b, l, 1] -> [b, l] either way),
+        # trained as one class that every gt belongs to (RTDETRCriterion's `enc_agnostic`)
         _, ind = paddle.topk(enc_logits.max(-1), self.num_queries, axis=1)
         return ind
 
