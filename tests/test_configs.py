@@ -137,3 +137,12 @@ def test_other_ppdet_backbones_train_a_step(config):
     losses['loss'].backward()
     first = [p for p in model.backbone.parameters() if not p.stop_gradient][-1]
     assert first.grad is not None and float(first.grad.abs().sum()) > 0, 'no gradient reaches the backbone'
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'use_focal_loss': False}, r'use_focal_loss=False \(softmax'),
+    ({'RTDETRDeformableTransformer': {'query_select_method': 'best'}}, r"query_select_method 'best' is not one of"),
+], ids=['softmax scores', 'query selection'])
+def test_an_unsupported_option_in_a_config_refuses_at_construction(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_from_config(os.path.join(ROOT, 'configs', 'tests', 'rtdetr_tiny.yml'), **overrides)
