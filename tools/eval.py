@@ -10,6 +10,7 @@ from ppdet.metrics.coco_utils import json_eval_results
 from ppdet.utils.cli import ArgsParser
 
 from ppdet_rtdetr.cli import load_tool_config
+from ppdet_rtdetr.engine import safe_load
 
 
 def parse_args(argv=None):
@@ -24,6 +25,7 @@ def parse_args(argv=None):
                         help='save predictions without computing the metric')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (ppdet enables it on GPU/NPU/MLU only)')
+    safe_load.add_flag(parser)
     return parser.parse_args(argv)
 
 

@@ -11,6 +11,7 @@ from ppdet.utils.cli import ArgsParser
 from ppdet.utils.logger import setup_logger
 
 from ppdet_rtdetr.cli import load_tool_config, str2bool
+from ppdet_rtdetr.engine import safe_load
 
 logger = setup_logger('train')
 
@@ -32,6 +33,7 @@ def parse_args(argv=None):
                         help='in --eval, save predictions without computing the metric')
     parser.add_argument('--profiler_options', default=None, help='ppdet profiler options')
     parser.add_argument('--to_static', action='store_true', help='train a to_static model')
+    safe_load.add_flag(parser)
     return parser.parse_args(argv)
 
 

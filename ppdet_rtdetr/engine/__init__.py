@@ -5,6 +5,8 @@ Each hook replaces one name ppdet 2.6.0's Trainer looks up and keeps its signatu
 * ``ppdet.engine.trainer.load_pretrain_weight`` (called by ``Trainer.load_weights`` for ``pretrain_weights``,
   and for ``weights`` in eval / infer) -> ``pretrain.load_pretrain_weight``: fine-tuning to another
   ``num_classes`` skips the class head with one listing; a file of another architecture is an error;
+* ``ppdet.engine.trainer.load_weight`` (called by ``Trainer.resume_weights``) -> ``checkpoint.load_weight``:
+  model, optimizer and EMA files read with ``safe_load.load`` (a pickle that is not only data is refused);
 * ``ppdet.engine.callbacks.save_model`` (the ``Checkpointer``) -> ``checkpoint.save_model``: atomic writes;
 * ``Trainer.resume_weights`` resolves ``--resume`` with ``checkpoint.resume_path`` (a folder means its
   newest complete checkpoint), then runs ppdet's;
@@ -48,6 +50,7 @@ def _train_with_loss_guard(train):
 def install():
     """Install every hook of the table above (idempotent)."""
     ppdet_trainer.load_pretrain_weight = pretrain.load_pretrain_weight
+    ppdet_trainer.load_weight = checkpoint.load_weight
     ppdet_callbacks.save_model = checkpoint.save_model
     trainer = ppdet_trainer.Trainer
     if not hasattr(trainer.resume_weights, '__wrapped__'):

@@ -11,18 +11,25 @@ complete when its ``.pdopt`` is there. A crash before the renames leaves the pre
 were (plus a hidden ``.<name>.*.tmp`` file, which nothing reads).
 
 ``resume_path`` is what ``Trainer.resume_weights`` resolves ``--resume`` with: a checkpoint path, or a
-folder, meaning the newest complete checkpoint in it.
+folder, meaning the newest complete checkpoint in it. ``load_weight`` then reads that checkpoint (model,
+optimizer, EMA) as ppdet's does, every file through ``read_state``: ``safe_load.load``, which refuses a pickle
+that is not only data before anything of it runs.
 """
 import os
 import uuid
 
+import numpy as np
 import paddle
 
+from ppdet.utils.checkpoint import is_url
+from ppdet.utils.download import get_weights_path
 from ppdet.utils.logger import setup_logger
+
+from . import safe_load
 
 logger = setup_logger(__name__)
 
-__all__ = ['IncompleteCheckpointError', 'resume_path', 'save_atomic', 'save_model']
+__all__ = ['IncompleteCheckpointError', 'load_weight', 'read_state', 'resume_path', 'save_atomic', 'save_model']
 
 
 class IncompleteCheckpointError(FileNotFoundError):
@@ -138,3 +145,68 @@ def resume_path(path):
                                         'from its folder to take the newest complete checkpoint.'.format(
                                             path, ' and '.join(stem + s for s in absent)))
     return stem
+
+
+def read_state(path):
+    """The object saved in the Paddle weights file ``path`` (a state dict), read with ``safe_load.load``."""
+    return safe_load.load(path)
+
+
+def load_weight(model, weight, optimizer=None, ema=None, exchange=True):
+    """ppdet's ``load_weight`` (what ``Trainer.resume_weights`` calls), reading every file with ``read_state``.
+
+    Args:
+        model (paddle.nn.Layer): filled from ``<weight>.pdparams``; every model key must be in the file.
+        weight (str): checkpoint path with or without suffix, or a ppdet URL.
+        optimizer (paddle.optimizer.Optimizer|None): restored from ``<weight>.pdopt`` when that exists.
+        ema (ppdet ModelEMA|None): restored when ``<weight>.pdema`` exists: ``.pdparams`` then holds the EMA
+            weights and ``.pdema`` the model's (``exchange``, as ``save_model`` writes them).
+        exchange (bool): False reads the EMA weights from ``.pdema`` instead.
+
+    Returns:
+        int: ``last_epoch`` saved in ``.pdopt`` (0 without an optimizer or ``.pdopt``).
+
+    Raises:
+        ValueError: ``.pdparams`` missing, or model keys not in it.
+        safe_load.UnsafeWeightsError: a file whose pickle is not only data.
+    """
+    if is_url(weight):
+        weight = get_weights_path(weight)
+    stem, ext = os.path.splitext(weight)
+    stem = stem if ext in ('.pdparams', '.pdopt', '.pdema', '.pdmodel') else weight
+    params_path = stem + '.pdparams'
+    if not os.path.exists(params_path):
+        raise ValueError('Model pretrain path {} does not exists.'.format(params_path))
+
+    ema_state = None
+    if ema is not None and os.path.exists(stem + '.pdema'):
+        ema_path, params_path = (params_path, stem + '.pdema') if exchange else (stem + '.pdema', params_path)
+        ema_state = read_state(ema_path)
+        logger.info('Loading ema_model weights from {}'.format(ema_path))
+    param_state = read_state(params_path)
+    model_state = model.state_dict()
+    absent = [key for key in model_state if key not in param_state]
+    if absent:
+        raise ValueError('Load weight {} incorrectly: {} model keys are not in {} (e.g. {})'.format(
+            weight, len(absent), params_path, ', '.join(absent[:5])))
+    loaded = {}
+    for key, target in model_state.items():
+        value = param_state[key]
+        value = paddle.to_tensor(value) if isinstance(value, np.ndarray) else value
+        loaded[key] = value if value.dtype == target.dtype else value.astype(target.dtype)
+    model.set_dict(loaded)
+    logger.info('Finish resuming model weights: {}'.format(params_path))
+
+    last_epoch = 0
+    if optimizer is not None and os.path.exists(stem + '.pdopt'):
+        opt_state = read_state(stem + '.pdopt')
+        # as ppdet: entries of the optimizer that the file lacks keep their current values
+        current = optimizer.state_dict()
+        opt_state.update({key: value for key, value in current.items() if key not in opt_state})
+        last_epoch = opt_state.pop('last_epoch', 0)
+        optimizer.set_state_dict(opt_state)
+        if ema_state is not None:
+            ema.resume(ema_state, opt_state['LR_Scheduler']['last_epoch'])
+    elif ema_state is not None:
+        ema.resume(ema_state)
+    return last_epoch

@@ -12,6 +12,7 @@ content when nothing matches at all: a checkpoint of another architecture trains
   used. A full detector checkpoint passes the first test, an ImageNet backbone checkpoint (which fills
   only the backbone) the second; a checkpoint of another network passes neither.
 
+The file is read with ``safe_load.load``: a pickle that is not only data is refused, nothing of it runs.
 ``ppdet_rtdetr.engine`` installs it as the function ppdet's ``Trainer.load_weights`` calls.
 """
 import collections
@@ -23,6 +24,8 @@ import paddle
 from ppdet.utils.checkpoint import is_url
 from ppdet.utils.download import get_weights_path
 from ppdet.utils.logger import setup_logger
+
+from . import safe_load
 
 logger = setup_logger(__name__)
 
@@ -111,9 +114,10 @@ def load_pretrain_weight(model, pretrain_weight):
     Raises:
         WeightsMismatchError: if the file does not fit (see the module docstring).
         ValueError: if the file does not exist.
+        safe_load.UnsafeWeightsError: if the file's pickle is not only data (see ``safe_load.load``).
     """
     weights_path = _resolve(pretrain_weight)
-    file_state = {k: v for k, v in paddle.load(weights_path).items() if hasattr(v, 'shape')}
+    file_state = {k: v for k, v in safe_load.load(weights_path).items() if hasattr(v, 'shape')}
     model_state = model.state_dict()
     pairs = match_names(model_state, file_state)
     loaded, reshaped = {}, []
