@@ -9,8 +9,8 @@ imported or called:
 * ``numpy.ndarray``, ``numpy.dtype``, ``numpy.core.multiarray._reconstruct`` / ``scalar``,
   ``numpy.core.numeric._frombuffer`` (protocol 5), also under numpy 2's ``numpy._core`` names;
 * ``builtins.tuple`` (Paddle's saved-tensor tuple ``(name, array)``), ``collections.OrderedDict``,
-  ``builtins.set`` / ``frozenset`` / ``complex`` / ``bytes`` / ``bytearray``, and ``_codecs.encode`` for
-  latin-1 only (how protocols 0-2 write bytes);
+  ``builtins.set`` / ``complex``, and how protocols 0-2 write bytes: ``_codecs.encode`` for latin-1 only,
+  ``builtins.bytes`` without arguments;
 * ``builtins.eval`` only in the form Paddle pickles a ``DenseTensor``, ``eval('data', {'data': array})``:
   the stand-in returns the array and evaluates nothing; any other expression is refused.
 
@@ -71,13 +71,11 @@ def _latin1_encode(*args):
     return args[0].encode('latin1')
 
 
-def _buffer_type(cls):
-    def build(*args):
-        # bytes(n) / bytearray(n) would only allocate n zero bytes: not something a saved file needs
-        if args and not isinstance(args[0], (str, bytes, bytearray, list)):
-            raise _Refused('builtins.' + cls.__name__, 'called with a {}'.format(type(args[0]).__name__))
-        return cls(*args)
-    return build
+def _bytes(*args):
+    # protocols 0-2 write b'' as bytes(); bytes(n) would only allocate n zero bytes
+    if args:
+        raise _Refused('builtins.bytes', 'called with arguments')
+    return b''
 
 
 def _saved_dense_tensor(*args):
@@ -93,10 +91,8 @@ def _saved_dense_tensor(*args):
 _SAFE = {
     ('builtins', 'tuple'): tuple,
     ('builtins', 'set'): set,
-    ('builtins', 'frozenset'): frozenset,
     ('builtins', 'complex'): complex,
-    ('builtins', 'bytes'): _buffer_type(bytes),
-    ('builtins', 'bytearray'): _buffer_type(bytearray),
+    ('builtins', 'bytes'): _bytes,
     ('builtins', 'eval'): _saved_dense_tensor,
     ('collections', 'OrderedDict'): collections.OrderedDict,
     ('_codecs', 'encode'): _latin1_encode,
