@@ -178,10 +178,10 @@ def test_a_ppdet_checkpoint_resumes_as_with_ppdet_load_weight(tmp_path):
         assert_same(safe_load.load(stem + suffix), paddle.load(stem + suffix), suffix)
 
     restored = []
-    for load_weight in (checkpoint.load_weight, ppdet_load_weight):
+    for load in (checkpoint.load_checkpoint, ppdet_load_weight):  # what RTDETRTrainer / ppdet's Trainer resume with
         fresh, fresh_optimizer = _trained_layer_and_optimizer(seed=2)  # other weights and moments
         fresh_ema = ModelEMA(fresh)
-        last_epoch = load_weight(fresh, stem, fresh_optimizer, fresh_ema)
+        last_epoch = load(fresh, stem, fresh_optimizer, fresh_ema)
         restored.append((last_epoch, fresh.state_dict(), fresh_optimizer.state_dict(), fresh_ema.state_dict,
                          fresh_ema.step))
     ours, ppdet = restored
@@ -192,6 +192,19 @@ def test_a_ppdet_checkpoint_resumes_as_with_ppdet_load_weight(tmp_path):
     assert_same(ours[2], optimizer.state_dict(), 'optimizer as saved')
     for key, value in paddle.load(stem + '.pdema').items():  # exchange: the model's weights are in .pdema
         assert ours[1][key].numpy().tobytes() == value.numpy().tobytes(), key
+
+
+def test_export_weights_load_whole_or_not_at_all(tmp_path):
+    """load_model_weights (tools/export_model.py's -o weights=): every weight from the file, bit for bit."""
+    layer, _ = _trained_layer_and_optimizer()
+    paddle.save(layer.state_dict(), str(tmp_path / 'w.pdparams'))
+    fresh, _ = _trained_layer_and_optimizer(seed=2)
+    checkpoint.load_model_weights(fresh, str(tmp_path / 'w'))
+    assert_same({k: v.numpy() for k, v in fresh.state_dict().items()},
+                {k: v.numpy() for k, v in layer.state_dict().items()})
+    paddle.save({'0.weight': layer[0].weight}, str(tmp_path / 'part.pdparams'))
+    with pytest.raises(KeyError, match=r'the file lacks 5 of the model\'s 6 weights \(0.bias, 1.weight, '):
+        checkpoint.load_model_weights(fresh, str(tmp_path / 'part.pdparams'))
 
 
 def test_a_truncated_or_foreign_file_names_the_file(tmp_path):

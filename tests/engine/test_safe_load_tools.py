@@ -94,5 +94,5 @@ def test_a_genuine_pdparams_does_not_let_a_payload_pdopt_or_pdema_through(tmp_pa
         write_pickle(stem + bad, {'last_epoch': Call('os', 'system', 'touch ' + str(marker))}, 3)
         with pytest.raises(safe_load.UnsafeWeightsError, match='^{}: refused to load: its pickle names the global '
                                                                'os.system'.format(stem + bad)):
-            checkpoint.load_weight(layer, stem, optimizer, ModelEMA(layer))
+            checkpoint.load_checkpoint(layer, stem, optimizer, ModelEMA(layer))
     assert not marker.exists()
