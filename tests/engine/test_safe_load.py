@@ -3,6 +3,7 @@ exactly as paddle.load gives them (same types, key order, names, dtypes and byte
 import collections
 import os
 import pickle
+import re
 
 import numpy as np
 import paddle
@@ -77,6 +78,21 @@ def test_allowed_names_used_for_something_else_are_refused(tmp_path, call, name)
         safe_load.load(path)
 
 
+@pytest.mark.parametrize('opcodes, name', [
+    (b"(S'touch {m}'\nios\nsystem\n.", 'os.system'),  # INST: protocol 0 builds a class instance by name
+    (b"(cposix\nsystem\nS'touch {m}'\no.", 'posix.system'),  # OBJ: protocol 1
+    (b"c__builtin__\ngetattr\n(cos\nsystem\nS'x'\ntR.", 'builtins.getattr (written as __builtin__.getattr)'),
+])
+def test_every_opcode_that_names_a_global_is_checked(tmp_path, opcodes, name):
+    marker = tmp_path / 'marker'
+    path = str(tmp_path / 'w.pdparams')
+    with open(path, 'wb') as f:
+        f.write(opcodes.replace(b'{m}', str(marker).encode()))
+    with pytest.raises(safe_load.UnsafeWeightsError, match=r'names the global {}\.'.format(re.escape(name))):
+        safe_load.load(path)
+    assert not marker.exists()
+
+
 def assert_same(got, want, where='file'):
     """Equal structure, types, key order, tensor names (each load numbers unnamed tensors anew), dtypes and
     bytes: what paddle.load returned."""
@@ -126,6 +142,8 @@ def test_paddle_save_files_load_as_paddle_load_gives_them(tmp_path, protocol):
         'optimizer': optimizer_state,  # not one: Paddle's (name, array) tensor tuples
         'mixed': {'fp16': paddle.ones([2], dtype='float16'), 'ints': [1, 2.5, None, 'x', True],
                   'nested': {'dense': keep, 'step': np.int64(7)}},
+        'tensor': layer[0].weight,
+        'list': [paddle.arange(3), (paddle.zeros([0, 2], dtype='int32'), 'name')],
     }
     for name, obj in saved.items():
         path = str(tmp_path / '{}.pdparams'.format(name))
