@@ -67,6 +67,28 @@ def test_each_tool_refuses_a_payload_and_runs_none_of_it(tmp_path, monkeypatch, 
     assert not os.path.exists(marker), 'the payload ran'
 
 
+@pytest.mark.parametrize('tool, opt_out', [('infer', ['--allow_unsafe_weights']),
+                                           ('export_model', ['--allow_unsafe_weights']),
+                                           ('eval', ['-o', 'allow_unsafe_weights=true'])])
+def test_the_opt_out_reaches_the_loader_from_each_command_line(tmp_path, monkeypatch, shapes, tool, opt_out):
+    """With the flag or the config key, the trusted file goes to paddle.load (its code runs: a marker here)."""
+    from ppdet.core.workspace import global_config
+
+    root, image = shapes
+    marker = tmp_path / 'marker'
+    path = str(tmp_path / 'trusted.pdparams')
+    write_pickle(path, {'x': Call('posix', 'system', 'touch ' + str(marker))}, 4)
+    argv = ['-c', TINY_CFG] + (['--infer_img', image] if tool == 'infer' else []) + opt_out + ['-o', 'weights=' + path]
+    argv += dataset_overrides(root) if tool != 'export_model' else []
+    fresh_config(TINY_CFG)
+    monkeypatch.setitem(global_config, safe_load.CONFIG_KEY, False)  # the key is removed again after the test
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception) as error:  # the file holds no weights of the model: refused after loading
+        _tool_main(tool)(argv)
+    assert not isinstance(error.value, safe_load.UnsafeWeightsError) and marker.exists(), error.value
+    assert global_config[safe_load.CONFIG_KEY] is True
+
+
 def test_the_command_line_reports_the_refusal(tmp_path, shapes):
     root, image = shapes
     marker = str(tmp_path / 'marker')
