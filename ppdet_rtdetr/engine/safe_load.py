@@ -113,10 +113,12 @@ def _python3_name(module, name):
 
 
 class _DataUnpickler(pickle.Unpickler):
-    """C unpickler whose every global lookup (GLOBAL, STACK_GLOBAL, INST, EXT) goes through ``_SAFE``.
+    """C unpickler whose global lookups (GLOBAL, STACK_GLOBAL, INST; OBJ takes what those put on the stack) go
+    through ``_SAFE``.
 
     Persistent ids are refused by pickle itself (no ``persistent_load``); out-of-band buffers (protocol 5)
-    too, since ``load`` passes none.
+    too, since ``load`` passes none; EXT codes resolve through ``find_class`` as well (Python registers none:
+    an unregistered code is an error).
     """
 
     def find_class(self, module, name):
