@@ -20,8 +20,9 @@ import yaml
 from paddle.static import InputSpec
 from ppdet.core.workspace import create, merge_config
 from ppdet.data.source.category import get_categories
-from ppdet.utils.checkpoint import load_weight
 from ppdet.utils.logger import setup_logger
+
+from .engine.checkpoint import load_model_weights
 
 logger = setup_logger(__name__)
 
@@ -73,8 +74,9 @@ def build_export_model(cfg, weights=None):
 
     Call after `resolve_export_size` so that the modules are built with the export `eval_size`.
     Args:
-        weights (str|None): a .pdparams path (with or without the suffix) or URL; None or '' keeps the random
-            initialisation (logged as a warning).
+        weights (str|None): a .pdparams path (with or without the suffix) or URL, read with the safe loader
+            (a pickle that is not only data is refused); None or '' keeps the random initialisation (logged as
+            a warning).
     Returns:
         the architecture (nn.Layer) in eval mode, every `convert_to_deploy()` applied.
     """
@@ -82,7 +84,7 @@ def build_export_model(cfg, weights=None):
         merge_config({'exclude_post_process': True})
     model = create(cfg.architecture)
     if weights:
-        load_weight(model, weights)
+        load_model_weights(model, weights)
     else:
         logger.warning('No weights given: exporting the random initialisation.')
     model.eval()

@@ -9,7 +9,7 @@ from ppdet.engine import init_parallel_env
 from ppdet.metrics.coco_utils import json_eval_results
 
 from ppdet_rtdetr.cli import ToolArgsParser, load_tool_config
-from ppdet_rtdetr.engine import RTDETRTrainer
+from ppdet_rtdetr.engine import RTDETRTrainer, safe_load
 
 
 def parse_args(argv=None):
@@ -24,6 +24,7 @@ def parse_args(argv=None):
                         help='save predictions without computing the metric')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (ppdet enables it on GPU/NPU/MLU only)')
+    safe_load.add_flag(parser)
     return parser.parse_args(argv)
 
 

@@ -16,6 +16,7 @@ import ppdet_rtdetr  # noqa: F401  (registers modules)
 from ppdet_rtdetr.cli import ToolArgsParser, apply_overrides
 from ppdet_rtdetr.compat import resolve_device
 from ppdet_rtdetr.config import load_config
+from ppdet_rtdetr.engine import safe_load
 from ppdet_rtdetr.export import build_export_model, export_inference_model, export_onnx, resolve_export_size
 
 
@@ -25,6 +26,7 @@ def parse_args(argv=None):
     parser.add_argument('--image_shape', nargs=3, type=int, default=None, metavar=('C', 'H', 'W'),
                         help='input size to bake (default: eval_size of the config)')
     parser.add_argument('--onnx', action='store_true', help='also write model.onnx (paddle2onnx, opset 16)')
+    safe_load.add_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -32,6 +34,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config)
     apply_overrides(args.opt)
+    if getattr(args, safe_load.CONFIG_KEY, False):
+        cfg[safe_load.CONFIG_KEY] = True
     # export traces on the CPU whatever the config says; the exported model runs on any device
     cfg['use_gpu'] = False
     resolve_device(cfg)

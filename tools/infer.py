@@ -14,7 +14,7 @@ import ppdet_rtdetr  # noqa: F401  (registers modules)
 from ppdet.utils.logger import setup_logger
 
 from ppdet_rtdetr.cli import ToolArgsParser, load_tool_config, str2bool
-from ppdet_rtdetr.engine import RTDETRTrainer
+from ppdet_rtdetr.engine import RTDETRTrainer, safe_load
 
 logger = setup_logger('infer')
 
@@ -36,6 +36,7 @@ def parse_args(argv=None):
     parser.add_argument('--use_vdl', type=str2bool, nargs='?', const=True, default=False,
                         help='log drawn images to VisualDL')
     parser.add_argument('--vdl_log_dir', default='vdl_log_dir/image', help='VisualDL log dir')
+    safe_load.add_flag(parser)
     args = parser.parse_args(argv)
     if args.infer_img is None and args.infer_dir is None:
         parser.error('one of --infer_img or --infer_dir is required')

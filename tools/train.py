@@ -12,7 +12,7 @@ from ppdet.engine import init_fleet_env, init_parallel_env
 from ppdet.utils.logger import setup_logger
 
 from ppdet_rtdetr.cli import ToolArgsParser, load_tool_config, str2bool
-from ppdet_rtdetr.engine import RTDETRTrainer
+from ppdet_rtdetr.engine import RTDETRTrainer, safe_load
 from ppdet_rtdetr.engine.seed import resolve_seed, seed_everything
 
 logger = setup_logger('train')
@@ -38,6 +38,7 @@ def parse_args(argv=None):
                         help='in --eval, save predictions without computing the metric')
     parser.add_argument('--profiler_options', default=None, help='ppdet profiler options')
     parser.add_argument('--to_static', action='store_true', help='train a to_static model')
+    safe_load.add_flag(parser)
     return parser.parse_args(argv)
 
 

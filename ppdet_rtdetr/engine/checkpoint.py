@@ -15,7 +15,8 @@ were (plus a hidden ``.<name>.*.tmp`` file, which nothing reads).
 
 ``resume_path`` is what ``RTDETRTrainer.resume_weights`` resolves ``--resume`` with: a checkpoint path, or a
 folder, meaning the newest complete checkpoint in it; ``load_checkpoint`` then reads it. Every weights file
-the trainer reads (here and in ``pretrain``) goes through ``read_state``, the one place that unpickles.
+the trainer reads (here and in ``pretrain``) goes through ``read_state``, the one place that unpickles, with
+``safe_load.load``: a pickle that is not only data is refused before anything of it runs.
 """
 import os
 import uuid
@@ -24,12 +25,16 @@ import paddle
 import paddle.distributed as dist
 
 from ppdet.engine.callbacks import Checkpointer
+from ppdet.utils.checkpoint import is_url
+from ppdet.utils.download import get_weights_path
 from ppdet.utils.logger import setup_logger
+
+from . import safe_load
 
 logger = setup_logger(__name__)
 
-__all__ = ['IncompleteCheckpointError', 'AtomicCheckpointer', 'load_checkpoint', 'read_state', 'resume_path',
-           'save_atomic', 'save_model']
+__all__ = ['IncompleteCheckpointError', 'AtomicCheckpointer', 'load_checkpoint', 'load_model_weights', 'read_state',
+           'resume_path', 'save_atomic', 'save_model']
 
 
 class IncompleteCheckpointError(FileNotFoundError):
@@ -37,8 +42,13 @@ class IncompleteCheckpointError(FileNotFoundError):
 
 
 def read_state(path):
-    """The object saved in ``path`` (a ``.pdparams`` / ``.pdopt`` / ``.pdema`` file): the one weights reader."""
-    return paddle.load(path)
+    """The object saved in ``path`` (a ``.pdparams`` / ``.pdopt`` / ``.pdema`` file): the one weights reader.
+
+    ``safe_load.load``: what ``paddle.load`` gives for a genuine file; a pickle that names anything but data
+    (``os.system``, ...) raises ``safe_load.UnsafeWeightsError`` naming the file and the global, nothing of it
+    run (``allow_unsafe_weights: true`` hands a trusted file to ``paddle.load``, with a warning).
+    """
+    return safe_load.load(path)
 
 
 def _write_temp(obj, path):
@@ -192,6 +202,34 @@ def load_checkpoint(model, path, optimizer, ema=None):
 def _as_dtype(value, dtype):
     value = paddle.to_tensor(value) if not isinstance(value, paddle.Tensor) else value
     return value if value.dtype == dtype else value.astype(dtype)
+
+
+def load_model_weights(model, weights):
+    """Fills every weight of ``model`` from a ``.pdparams``, as ppdet's ``load_weight`` does for export.
+
+    Args:
+        model (paddle.nn.Layer): every one of its state-dict keys must be in the file.
+        weights (str): a ``.pdparams`` path with or without the suffix, or a ppdet URL (downloaded).
+    Raises:
+        FileNotFoundError: no such ``.pdparams``.
+        KeyError: naming the model keys the file lacks.
+        safe_load.UnsafeWeightsError: the file's pickle is not only data (see ``read_state``).
+    """
+    if is_url(weights):
+        weights = get_weights_path(weights)
+    stem, ext = os.path.splitext(weights)
+    path = (stem if ext in ('.pdparams', '.pdopt', '.pdema') else weights) + '.pdparams'
+    if not os.path.isfile(path):
+        raise FileNotFoundError('weights {}: {} does not exist'.format(weights, path))
+    state = read_state(path)
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    if missing:
+        raise KeyError('weights {}: the file lacks {} of the model\'s {} weights ({}{}): it was not written for '
+                       'this config'.format(path, len(missing), len(own), ', '.join(missing[:5]),
+                                            ', ...' if len(missing) > 5 else ''))
+    model.set_dict({key: _as_dtype(state[key], value.dtype) for key, value in own.items()})
+    logger.info('Loaded the model weights from {}'.format(path))
 
 
 class AtomicCheckpointer(Checkpointer):

@@ -13,7 +13,8 @@ content when nothing matches at all: a checkpoint of another architecture trains
   only the backbone) the second; a checkpoint of another network passes neither.
 
 ``RTDETRTrainer.load_weights`` (``pretrain_weights`` in training, ``weights`` in eval / infer) calls it; ppdet's
-own Trainer keeps ppdet's loader. The file is read with ``checkpoint.read_state``.
+own Trainer keeps ppdet's loader. The file is read with ``checkpoint.read_state`` (``safe_load``: a pickle
+that is not only data is refused before anything of it runs).
 """
 import collections
 import os
@@ -114,6 +115,7 @@ def load_pretrain_weight(model, pretrain_weight):
     Raises:
         WeightsMismatchError: if the file does not fit (see the module docstring).
         ValueError: if the file does not exist.
+        safe_load.UnsafeWeightsError: if the file's pickle is not only data (see ``checkpoint.read_state``).
     """
     weights_path = _resolve(pretrain_weight)
     file_state = {k: v for k, v in read_state(weights_path).items() if hasattr(v, 'shape')}
