@@ -1,6 +1,7 @@
 """ImageNet weights of a backbone, given as a URL or a local file, with an error that says how to go without."""
-import paddle
 from paddle.utils.download import get_weights_path_from_url
+
+from ..engine import safe_load
 
 __all__ = ['load_backbone_pretrained']
 
@@ -14,6 +15,7 @@ def load_backbone_pretrained(layer, pretrained, key):
         key (str): the config option that gave it, e.g. 'SwinTransformer.pretrained', named in the error.
 
     Raises:
+        safe_load.UnsafeWeightsError: the file's pickle is not only data (a downloaded file runs no code).
         RuntimeError: the download failed (offline, unreachable URL): names the URL, the key and
             `pretrained: ''`, which builds without ImageNet weights.
     """
@@ -25,4 +27,4 @@ def load_backbone_pretrained(layer, pretrained, key):
             raise RuntimeError(f"{key}: could not download the ImageNet weights {pretrained} ({err}). Set "
                                f"`pretrained: ''` in that section to build without them (e.g. when the "
                                f"detector's weights are loaded afterwards), or give a local file.") from err
-    layer.set_state_dict(paddle.load(path))
+    layer.set_state_dict(safe_load.load(path))

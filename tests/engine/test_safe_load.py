@@ -225,6 +225,23 @@ def test_export_weights_load_whole_or_not_at_all(tmp_path):
         checkpoint.load_model_weights(fresh, str(tmp_path / 'part.pdparams'))
 
 
+def test_backbone_imagenet_weights_are_read_safely(tmp_path):
+    """`pretrained:` of the Swin / FocalNet backbones (a URL or a file) goes through the same loader."""
+    from ppdet_rtdetr.modeling.pretrained import load_backbone_pretrained
+
+    layer, _ = _trained_layer_and_optimizer()
+    path = str(tmp_path / 'imagenet.pdparams')
+    paddle.save(layer.state_dict(), path)
+    fresh, _ = _trained_layer_and_optimizer(seed=2)
+    load_backbone_pretrained(fresh, path, 'SwinTransformer.pretrained')
+    assert all(np.array_equal(fresh.state_dict()[k].numpy(), v.numpy()) for k, v in layer.state_dict().items())
+    marker = tmp_path / 'marker'
+    write_pickle(path, {'0.weight': Call('posix', 'system', 'touch ' + str(marker))}, 2)
+    with pytest.raises(safe_load.UnsafeWeightsError, match='^{}: refused to load'.format(path)):
+        load_backbone_pretrained(fresh, path, 'SwinTransformer.pretrained')
+    assert not marker.exists()
+
+
 def test_a_truncated_or_foreign_file_names_the_file(tmp_path):
     layer, _ = _trained_layer_and_optimizer()
     path = str(tmp_path / 'model.pdparams')
