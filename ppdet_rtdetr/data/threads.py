@@ -3,11 +3,11 @@
 Paddle's DataLoader forks its reader workers right after ``parse_dataset`` (ppdet's reader calls
 ``iter(DataLoader)`` when it is built), and ``check_coco`` decodes the images with cv2 in a thread pool just
 before. ``ThreadPoolExecutor.shutdown`` (``Thread.join``) returns once a thread's Python part is done, while
-the native thread still runs its thread-exit cleanup: OpenCV's thread-local-storage destructor, which holds
-OpenCV's global (recursive) TLS mutex. A fork in that window copies the mutex locked by a thread that does
-not exist in the child, and the worker's first ``cv2.imdecode`` waits on it forever: training hangs before
-its first step. Seen with py-spy / gdb on a loaded machine: both workers in ``Decode.apply`` ->
-``cv2.imdecode`` -> ``pthread_mutex_lock``, the mutex's owner being the TID of a finished check thread.
+the native thread still runs its thread-exit cleanup, where OpenCV's thread-local-storage destructor locks a
+global recursive mutex of OpenCV's. A fork in that window copies the mutex locked by a thread that does not
+exist in the child, and the worker's first ``cv2.imdecode`` waits on it forever: training hangs before its
+first step. Seen with py-spy / gdb on a loaded machine: the workers in ``Decode.apply`` -> ``cv2.imdecode`` ->
+``pthread_mutex_lock`` of a recursive mutex whose owner was the TID of one of the (finished) check threads.
 """
 import os
 import threading

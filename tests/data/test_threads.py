@@ -9,6 +9,7 @@ shutdown returns while the threads are still listed in /proc/self/task.
 import ctypes
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -43,7 +44,6 @@ def _alive(native_ids):
 def test_the_slow_exit_outlives_a_plain_pool(slow_exit):
     """The fixture's premise: without the wait, the threads are still there when the pool's shutdown returns."""
     mark, ids = slow_exit
-    from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=2, initializer=mark) as pool:
         list(pool.map(abs, [1, 2]))
     assert ids and _alive(ids) == ids
