@@ -16,13 +16,13 @@ import json
 import math
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from .check_report import DatasetError, Issue, Report  # noqa: F401  (part of this module's API)
+from .threads import map_in_threads
 
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
 # Boxes may overshoot the image by float rounding from export tools; only larger overshoots are reported.
@@ -124,11 +124,12 @@ def _check_images(images, image_dir, check_images, report):
     """Fills ``report.images``; returns {id: file_name} of every valid image entry, usable or not."""
     decoded = {}
     if check_images:
-        # cv2 decodes without the GIL: one thread per core reads and decodes the files in parallel
+        # cv2 decodes without the GIL: one thread per core reads and decodes the files in parallel. The
+        # reader forks its workers right after this check: map_in_threads returns only once its threads have
+        # ended for the OS too, else a worker can inherit a cv2 lock held by an exiting thread and hang.
         paths = sorted({os.path.join(image_dir, img['file_name']) for img in images
                         if isinstance(img, dict) and isinstance(img.get('file_name'), str)})
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            decoded = dict(zip(paths, pool.map(_decoded_size, paths)))
+        decoded = dict(zip(paths, map_in_threads(_decoded_size, paths, max_workers=os.cpu_count() or 1)))
     file_names = {}
     for img in images:
         img_id, fname = (img.get('id'), img.get('file_name')) if isinstance(img, dict) else (None, None)
