@@ -26,6 +26,6 @@ setup(
     extras_require={
         'cpu': ['paddlepaddle==3.3.1'],
         'test': ['pytest'],
-        'onnx': ['paddle2onnx==2.1.0', 'onnxruntime'],
+        'onnx': ['paddle2onnx==2.1.0', 'onnxruntime>=1.31', 'ml_dtypes'],  # ml_dtypes: onnxruntime's quantizer
     },
 )
