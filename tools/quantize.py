@@ -3,12 +3,13 @@
     python tools/quantize.py -c configs/demo/rtdetr_r18vd_shapes.yml \
         --model_dir output_inference/rtdetr_r18vd_shapes --output_dir output_inference/rtdetr_r18vd_shapes_int8
         [--calib_images 32] [--calib_dir images/] [--calib_split TrainDataset]
-        [--fp32_groups decoder_linear ...] [--tolerance 0.02] [--method MinMax] [--cpu_threads 2]
+        [--fp32_groups decoder_linear ...] [--tolerance 0.05] [--method MinMax] [--cpu_threads 2]
 
 The export folder needs model.onnx (tools/export_model.py --onnx). Calibration reads `--calib_images` images
 spread over the config's TrainDataset (or `--calib_dir`) through the config's TestReader at the exported size:
-the deploy preprocessing. Without --fp32_groups a sensitivity sweep quantizes each part of the model alone and
-keeps in float32 those whose detections move more than --tolerance (see docs/int8.md). The output folder
+the deploy preprocessing. Without --fp32_groups a sensitivity sweep quantizes each part of the model alone, then
+puts parts back to float32, the most sensitive first, until the detections of the whole model move by at most
+--tolerance (see docs/int8.md). The output folder
 holds model.onnx, infer_cfg.yml (with a `quantization` section) and quant_report.json; run it with
 deploy/onnxruntime/infer.py --model_dir <output_dir>.
 """
@@ -36,8 +37,8 @@ def parse_args(argv=None):
     parser.add_argument('--calib_split', default='TrainDataset', help='dataset of the config to calibrate on')
     parser.add_argument('--fp32_groups', nargs='*', default=None, choices=GROUPS,
                         help='keep these parts in float32 and skip the sensitivity sweep')
-    parser.add_argument('--tolerance', type=float, default=0.02,
-                        help='largest detection drift a part may cause alone and still be quantized')
+    parser.add_argument('--tolerance', type=float, default=0.05,
+                        help='largest detection drift (mean |score change| + 1 - mean IoU) of the INT8 model')
     parser.add_argument('--method', default='MinMax', choices=['MinMax', 'Entropy', 'Percentile'])
     parser.add_argument('--cpu_threads', type=int, default=2)
     return parser.parse_args(merge_opt_lists(sys.argv[1:] if argv is None else argv))

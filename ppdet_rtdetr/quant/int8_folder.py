@@ -36,7 +36,7 @@ def _write_infer_cfg(cfg, path):
         yaml.dump(cfg, f, Dumper=_Dumper, default_flow_style=None, sort_keys=False)
 
 
-def quantize_export(model_dir, output_dir, reader, calibration_source, fp32_groups=None, tolerance=0.02,
+def quantize_export(model_dir, output_dir, reader, calibration_source, fp32_groups=None, tolerance=0.05,
                     method='MinMax', threads=1, log=print):
     """Quantize `model_dir/model.onnx` to INT8 into `output_dir`.
 
@@ -46,7 +46,7 @@ def quantize_export(model_dir, output_dir, reader, calibration_source, fp32_grou
         reader (ImageCalibrationReader): the calibration images, already preprocessed.
         calibration_source (str): where the images came from, written to infer_cfg.yml.
         fp32_groups (list[str]|None): groups (ort_int8.GROUPS) to keep in float32; None runs the sensitivity
-            sweep and keeps those whose drift exceeds `tolerance`.
+            sweep (sensitivity.sweep), which keeps the fewest groups in float32 for a drift <= `tolerance`.
         method (str): calibration method ('MinMax', 'Entropy', 'Percentile').
     Returns:
         dict: the `quantization` section written to infer_cfg.yml.

@@ -1,8 +1,8 @@
 """How far INT8 moves the detections, and which parts of the model to keep in float32 because of it.
 
 `detection_drift` compares two detectors' outputs on the same images without labels; `sweep` quantizes one
-group of nodes at a time (see `ort_int8.node_groups`), measures the drift each causes alone, and keeps in
-float32 the groups whose drift exceeds a tolerance.
+group of nodes at a time (see `ort_int8.node_groups`), measures the drift each causes alone, and puts groups
+back to float32, the most sensitive first, until the whole model's drift is within a tolerance.
 """
 import os
 from collections import OrderedDict
@@ -26,21 +26,23 @@ def box_iou(box, boxes):
 
 
 def detection_drift(ref, got, top_k=10):
-    """How far the detections `got` moved from `ref`, per reference detection.
+    """How far the detections `got` moved from `ref`, per reference detection, weighted by its score.
 
     Args:
         ref, got (list of ndarray): per image, rows (class, score, x1, y1, x2, y2) as the deploy contract.
         top_k (int): the reference detections compared per image: the `top_k` highest scores.
     Returns:
         dict: for each of the compared reference detections, its partner in `got` is the detection of the same
-        class with the highest IoU (none: IoU 0, score 0); `mean_abs_score_diff`, `max_abs_score_diff` of the
-        scores, `mean_iou`, `min_iou` of the boxes, and `drift` = mean_abs_score_diff + (1 - mean_iou), the
-        one number the sweep ranks by (0 for identical detections).
+        class with the highest IoU (none: IoU 0, score 0). `mean_abs_score_diff` and `mean_iou` are means
+        weighted by the reference score (a confident detection matters to AP, a 0.02 one barely does),
+        `max_abs_score_diff` and `min_iou` are over all compared detections, and `drift` =
+        mean_abs_score_diff + (1 - mean_iou) is the one number the sweep ranks by (0 when nothing moved).
     """
-    score_diffs, ious = [], []
+    score_diffs, ious, weights = [], [], []
     for ref_dets, got_dets in zip(ref, got):
         for row in ref_dets[np.argsort(-ref_dets[:, 1], kind='stable')[:top_k]]:
             same = got_dets[got_dets[:, 0] == row[0]]
+            weights.append(max(float(row[1]), 1e-6))
             if len(same) == 0:
                 score_diffs.append(abs(float(row[1])))
                 ious.append(0.)
@@ -51,11 +53,12 @@ def detection_drift(ref, got, top_k=10):
             ious.append(float(iou[best]))
     if not ious:
         raise ValueError('no reference detection to compare')
-    score_diffs, ious = np.array(score_diffs), np.array(ious)
-    return OrderedDict([('mean_abs_score_diff', round(float(score_diffs.mean()), 5)),
+    score_diffs, ious, weights = np.array(score_diffs), np.array(ious), np.array(weights)
+    mean_diff, mean_iou = float(np.average(score_diffs, weights=weights)), float(np.average(ious, weights=weights))
+    return OrderedDict([('mean_abs_score_diff', round(mean_diff, 5)),
                         ('max_abs_score_diff', round(float(score_diffs.max()), 5)),
-                        ('mean_iou', round(float(ious.mean()), 5)), ('min_iou', round(float(ious.min()), 5)),
-                        ('drift', round(float(score_diffs.mean() + 1 - ious.mean()), 5))])
+                        ('mean_iou', round(mean_iou, 5)), ('min_iou', round(float(ious.min()), 5)),
+                        ('drift', round(mean_diff + 1 - mean_iou, 5))])
 
 
 class OrtRunner:
@@ -88,18 +91,20 @@ class OrtRunner:
         return dets
 
 
-def sweep(prepared, calibration_cache, reader, work_dir, tolerance=0.02, top_k=10, threads=1, method='MinMax',
+def sweep(prepared, calibration_cache, reader, work_dir, tolerance=0.05, top_k=10, threads=1, method='MinMax',
           log=print):
     """Per-group sensitivity of `prepared` (ort_int8.prepare_model's output) and the float32 groups it implies.
 
-    Each group is quantized alone (every other node float32) and run on the calibration images of `reader`;
-    a group whose `detection_drift` against the float32 model exceeds `tolerance` stays float32. Then the
-    model with only those groups in float32 is measured too.
+    Each group is quantized alone (every other node float32) and run on the calibration images of `reader`,
+    giving its `detection_drift` against the float32 model. Then, starting from the all-INT8 model, the
+    group with the largest drift alone goes back to float32, then the next, until the drift of the whole
+    model is at most `tolerance`: the fewest float32 groups that the measurement asks for, the most sensitive
+    first (when drifts add up, fixing the worst part buys the most).
 
     Returns:
-        dict: `groups` {name: number of nodes}, `drift_alone` {name: drift dict}, `drift_all_int8`,
-        `fp32_groups` [names], `fp32_nodes` [node names], `drift_final` (of the model with fp32_groups kept),
-        `final_file` (its path in work_dir), `tolerance`, `top_k`.
+        dict: `groups` {name: number of nodes}, `drift_alone` {name: drift dict}, `steps` [{fp32_groups,
+        drift}] from all-INT8 on, `fp32_groups` [names], `fp32_nodes` [node names], `drift_final` (the last
+        step's drift), `final_file` (its model in work_dir), `tolerance`, `top_k`.
     """
     groups = OrderedDict((name, nodes) for name, nodes in node_groups(prepared).items() if nodes)
     every_node = [n for nodes in groups.values() for n in nodes]
@@ -114,10 +119,18 @@ def sweep(prepared, calibration_cache, reader, work_dir, tolerance=0.02, top_k=1
         return path, drift
 
     report = OrderedDict(tolerance=tolerance, top_k=top_k, groups={k: len(v) for k, v in groups.items()})
-    report['drift_all_int8'] = drift_of('all', [])[1]
+    path, drift = drift_of('all', [])
     report['drift_alone'] = OrderedDict(
         (name, drift_of(name, [n for n in every_node if n not in set(nodes)])[1]) for name, nodes in groups.items())
-    report['fp32_groups'] = [name for name, d in report['drift_alone'].items() if d['drift'] > tolerance]
+    ranked = sorted(groups, key=lambda name: -report['drift_alone'][name]['drift'])
+    report['steps'] = [OrderedDict(fp32_groups=[], drift=drift)]
+    fp32_groups = []
+    while drift['drift'] > tolerance and len(fp32_groups) < len(ranked):
+        fp32_groups.append(ranked[len(fp32_groups)])
+        path, drift = drift_of(f'fp32_{len(fp32_groups)}', [n for g in fp32_groups for n in groups[g]])
+        report['steps'].append(OrderedDict(fp32_groups=list(fp32_groups), drift=drift))
+    # in the graph's order, as GROUPS lists them
+    report['fp32_groups'] = [name for name in groups if name in fp32_groups]
     report['fp32_nodes'] = [n for name in report['fp32_groups'] for n in groups[name]]
-    report['final_file'], report['drift_final'] = drift_of('final', report['fp32_nodes'])
+    report['final_file'], report['drift_final'] = path, drift
     return report
