@@ -80,7 +80,7 @@ def build(args):
             json.dump(facts, f)
     with open(facts_file) as f:
         facts = json.load(f)
-    if not os.path.isfile(os.path.join(int8_dir, 'model.onnx')):
+    if not args.compare and not os.path.isfile(os.path.join(int8_dir, 'model.onnx')):
         quantize_export(fp32_dir, int8_dir, _GoldenImages(), '2 COCO images of the R18vd golden reference',
                         args.fp32_groups, args.tolerance, threads=args.cpu_threads)
     return facts, fp32_dir, int8_dir
@@ -95,7 +95,8 @@ def main(argv=None):
                         help='groups kept float32 in the INT8 model built as --int8_name (default: the sweep decides)')
     parser.add_argument('--int8_name', default='int8', help='folder of the INT8 model to build in work_dir')
     parser.add_argument('--compare', nargs='+', default=None,
-                        help='INT8 folders of work_dir to time against float32 (default: --int8_name)')
+                        help='INT8 folders of work_dir (built before) to time against float32; default: build '
+                             'and time --int8_name')
     parser.add_argument('--tolerance', type=float, default=0.05)
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--runs', type=int, default=5)
