@@ -27,6 +27,6 @@ setup(
         'cpu': ['paddlepaddle==3.3.1'],
         'test': ['pytest', 'matplotlib'],
         'demo': ['matplotlib'],  # the demo's learning-curve plot
-        'onnx': ['paddle2onnx==2.1.0', 'onnxruntime'],
+        'onnx': ['paddle2onnx==2.1.0', 'onnxruntime>=1.31', 'ml_dtypes'],  # ml_dtypes: onnxruntime's quantizer
     },
 )

@@ -1,6 +1,7 @@
-"""tools/benchmark.py counts GFLOPs (multiply-add = 2) of convs, linears and attention, per top-level part."""
-import importlib.util
+"""ppdet_rtdetr.benchmark: GFLOPs (multiply-add = 2) of convs, linears and attention per top-level part, and the
+dygraph stage times stamped by forward hooks."""
 import sys
+import time
 
 import paddle
 import paddle.nn as nn
@@ -9,14 +10,9 @@ from helpers.export_utils import ROOT
 
 sys.path.insert(0, ROOT)
 
+from ppdet_rtdetr.benchmark.flops import count_gflops  # noqa: E402
+from ppdet_rtdetr.benchmark.runners import STAGES, dygraph_runner  # noqa: E402
 from ppdet_rtdetr.modeling.layers import MultiHeadAttention  # noqa: E402
-
-
-def _benchmark_tool():
-    spec = importlib.util.spec_from_file_location('benchmark_tool', f'{ROOT}/tools/benchmark.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _Toy(nn.Layer):
@@ -41,6 +37,40 @@ def test_count_gflops_by_part_matches_the_formulas():
                             + 2 * b * (lq + 2 * l) * c * c  # packed q/k/v projections
                             + 2 * 2 * b * lq * l * c  # q k^T and attn v
                             + 2 * b * lq * c * c)}  # out_proj
-    got = _benchmark_tool().count_gflops(_Toy(), paddle.rand([b, 3, h, w]))
+    got = count_gflops(_Toy(), paddle.rand([b, 3, h, w]))
     for part, flops in want.items():
         assert abs(got[part] * 1e9 - flops) < 1e-3, f'{part}: {got[part] * 1e9:.0f} FLOPs, want {flops}'
+
+
+class _Sleeper(nn.Layer):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x, *_):
+        time.sleep(self.seconds)
+        return x
+
+
+class _StagedModel(nn.Layer):
+    """The stage layout of RTDETRDetector: backbone -> neck -> transformer -> head + post-process."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.backbone, self.neck, self.transformer = (_Sleeper(s) for s in seconds[:3])
+        self.tail = seconds[3]
+
+    def forward(self, inputs):
+        out = self.transformer(self.neck(self.backbone(inputs['image'])))
+        time.sleep(self.tail)
+        return {'bbox': out}
+
+
+def test_stage_hooks_time_each_stage_of_the_models_own_forward():
+    want = [0.06, 0.02, 0.08, 0.04]
+    run, stages = dygraph_runner(_StagedModel(want), {'image': paddle.zeros([1, 3]).numpy()})
+    got = stages()
+    assert len(got) == len(STAGES) == 4
+    # sleeps last at least their time; the margin covers a loaded machine's scheduling delays
+    assert all(w <= g < w + 0.03 for g, w in zip(got, want)), f'stage times {got.tolist()}, slept {want}'
+    assert stages().shape == (4,), 'the hooks must be removed after each call (no extra stamps)'

@@ -1,0 +1,100 @@
+"""This machine's reference speeds and the timing helpers every benchmark shares.
+
+Shared VMs drift by 1.5x within minutes, so each figure is read against a GEMM measured right before and
+after it: numpy's float32 GEMM (the fp32 rate), and onnxruntime's uint8 x int8 MatMulInteger (the int8 rate;
+on AVX512-VNNI it runs at about 3-4x the float32 rate, on AVX2 without VNNI at about 2x).
+"""
+import os
+import platform
+import time
+
+import numpy as np
+
+__all__ = ['gemm_gflops', 'int8_gemm_gops', 'timed', 'stats_ms', 'machine', 'worker_env']
+
+
+def _median_rate(fn, flops, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return flops / float(np.median(times)) / 1e9
+
+
+def gemm_gflops(n=2048, repeats=5):
+    """float32 n x n x n GEMM speed of numpy (median of `repeats` after one warm-up), in GFLOP/s."""
+    a = np.random.RandomState(0).rand(n, n).astype('float32')
+    b = np.random.RandomState(1).rand(n, n).astype('float32')
+    return _median_rate(lambda: a @ b, 2 * n ** 3, repeats)
+
+
+def int8_gemm_gops(n=2048, repeats=5, threads=None):
+    """uint8 x int8 n x n x n MatMulInteger speed of onnxruntime's CPU kernels (MLAS), in GOP/s (a multiply-add
+    counted as 2), with `threads` intra-op threads (default: OMP_NUM_THREADS, else 1)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node('MatMulInteger', ['a', 'b'], ['y'])], 'int8_gemm',
+        [helper.make_tensor_value_info('a', TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info('b', TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info('y', TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or int(os.environ.get('OMP_NUM_THREADS', 1))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
+    rng = np.random.RandomState(0)
+    feeds = {'a': rng.randint(0, 256, (n, n)).astype('uint8'), 'b': rng.randint(-128, 128, (n, n)).astype('int8')}
+    onnx.checker.check_model(model)
+    return _median_rate(lambda: session.run(None, feeds), 2 * n ** 3, repeats)
+
+
+def timed(fn, warmup, runs):
+    """Seconds of each of `runs` calls of fn after `warmup` untimed ones -> ndarray [runs]."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return np.array(times)
+
+
+def stats_ms(times):
+    """median / p90 / min of `times` (seconds) in ms, and the number of runs."""
+    return {'median': round(1e3 * float(np.median(times)), 2), 'p90': round(1e3 * float(np.percentile(times, 90)), 2),
+            'min': round(1e3 * float(times.min()), 2), 'runs': int(len(times))}
+
+
+def _cpu_flags():
+    with open('/proc/cpuinfo') as f:
+        for line in f:
+            if line.startswith('flags'):
+                return set(line.split(':', 1)[1].split())
+    return set()
+
+
+def machine():
+    """CPU model, core count, software versions, the int8 instructions the CPU has and the 1-min load."""
+    with open('/proc/cpuinfo') as f:
+        cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), platform.machine())
+    flags = _cpu_flags()
+    return {'cpu': cpu, 'logical_cpus': os.cpu_count(), 'python': platform.python_version(),
+            'numpy': np.__version__, 'int8_isa': sorted(flags & {'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_int8'}),
+            'load_avg_1min_before': os.getloadavg()[0]}
+
+
+def worker_env(threads, root):
+    """Environment of a worker process: `root` first on PYTHONPATH, every math library at `threads` threads."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]),
+               OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with open('/proc/cpuinfo') as f:
+        amd = 'AuthenticAMD' in f.read()
+    if amd:
+        # the MKL that Paddle bundles picks its slow generic GEMM on AMD CPUs unless told to use AVX2 (3x on
+        # dygraph matmuls here); Paddle Inference's oneDNN kernels and onnxruntime do not use MKL
+        env.setdefault('MKL_DEBUG_CPU_TYPE', '5')
+    return env
