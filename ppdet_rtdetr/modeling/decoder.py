@@ -100,13 +100,16 @@ class TransformerDecoder(nn.Layer):
             # [b, q, 4] -> [b, q, 1, 4]: one reference box shared by all levels
             output = layer(output, ref_points_detach.unsqueeze(2), memory, spatial_shapes, attn_mask,
                            query_pos_embed)
-            inter_ref_bbox = F.sigmoid(bbox_head[i](output) + inverse_sigmoid(ref_points_detach))
+            # the box head runs once: the official code calls it a second time on the same input for the
+            # undetached boxes below, which gives the same values and the same summed gradient
+            delta_unact = bbox_head[i](output)
+            inter_ref_bbox = F.sigmoid(delta_unact + inverse_sigmoid(ref_points_detach))
             if self.training:
                 dec_logits.append(score_head[i](output))
                 if i == 0:
                     dec_bboxes.append(inter_ref_bbox)
                 else:
-                    dec_bboxes.append(F.sigmoid(bbox_head[i](output) + inverse_sigmoid(ref_points)))
+                    dec_bboxes.append(F.sigmoid(delta_unact + inverse_sigmoid(ref_points)))
             elif i == self.eval_idx:
                 dec_logits.append(score_head[i](output))
                 dec_bboxes.append(inter_ref_bbox)

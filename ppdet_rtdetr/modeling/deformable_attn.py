@@ -32,39 +32,41 @@ def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_wei
     b, _, nh, hc = value.shape
     q = sampling_locations.shape[1]
     value_list = value.split([h * w for h, w in spatial_shapes], axis=1)
-    # [b, q, nh, sum(np), 2] -> [b*nh, q, sum(np), 2], then one chunk per level
-    locs = sampling_locations.transpose([0, 2, 1, 3, 4]).flatten(0, 1)
-    locs_list = locs.split(num_points_list, axis=2)
+    # points before queries, so that the per-level samples join and are summed on a middle axis (contiguous
+    # blocks of q): concatenating on a last axis of np_l values and its gradient (a split there) cost more than
+    # the sampling itself in a training step, and summing 12 points on the last axis is ~20x slower in Paddle
+    # Inference. The sum is the official one (multiply, then add the points in order): bit-equal outputs.
+    # [b, q, nh, sum(np), 2] -> [b, nh, sum(np), q, 2] -> [b*nh, sum(np), q, 2], then one chunk per level
+    locs = sampling_locations.transpose([0, 2, 3, 1, 4]).flatten(0, 1)
+    locs_list = locs.split(num_points_list, axis=1)
     sampled = []
     for lvl, (h, w) in enumerate(spatial_shapes):
         # [b, h*w, nh, hc] -> [b, nh, hc, h*w] -> [b*nh, hc, h, w]
         value_l = value_list[lvl].transpose([0, 2, 3, 1]).reshape([b * nh, hc, h, w])
         if method == 'default':
-            # [b*nh, hc, q, np_l]
+            # [b*nh, hc, np_l, q]
             sampled.append(F.grid_sample(value_l, 2 * locs_list[lvl] - 1, mode='bilinear',
                                          padding_mode='zeros', align_corners=False))
         else:
             sampled.append(_gather_nearest(value_l, locs_list[lvl]))
-    # the weighted sum over points as a batched matmul: Paddle Inference reduces over a short last axis
-    # ~20x slower (with or without oneDNN)
-    # [b, q, nh, sum(np)] -> [b*nh, q, sum(np), 1]
-    weights = attention_weights.transpose([0, 2, 1, 3]).reshape([b * nh, q, -1, 1])
-    # [b*nh, hc, q, sum(np)] -> [b*nh, q, hc, sum(np)] @ weights -> [b*nh, q, hc, 1]
-    out = paddle.matmul(paddle.concat(sampled, axis=-1).transpose([0, 2, 1, 3]), weights)
-    # [b*nh, q, hc, 1] -> [b, nh, q, hc] -> [b, q, nh, hc] -> [b, q, nh*hc]
-    return out.reshape([b, nh, q, hc]).transpose([0, 2, 1, 3]).reshape([b, q, nh * hc])
+    # [b, q, nh, sum(np)] -> [b, nh, sum(np), q] -> [b*nh, 1, sum(np), q]
+    weights = attention_weights.transpose([0, 2, 3, 1]).reshape([b * nh, 1, -1, q])
+    # [b*nh, hc, sum(np), q] -> [b*nh, hc, q]
+    out = (paddle.concat(sampled, axis=2) * weights).sum(2)
+    # [b*nh, hc, q] -> [b, nh*hc, q] -> [b, q, nh*hc]
+    return out.reshape([b, nh * hc, q]).transpose([0, 2, 1])
 
 
 def _gather_nearest(value_l, locs):
-    """value_l [n, hc, h, w], locs [n, q, np, 2] (x, y in [0, 1]) -> [n, hc, q, np] by index gather."""
+    """value_l [n, hc, h, w], locs [n, np, q, 2] (x, y in [0, 1]) -> [n, hc, np, q] by index gather."""
     n, hc, h, w = value_l.shape
-    q, npt = locs.shape[1], locs.shape[2]
+    npt, q = locs.shape[1], locs.shape[2]
     x = paddle.floor(locs[..., 0] * w + 0.5).clip(0, w - 1).astype('int64')
     y = paddle.floor(locs[..., 1] * h + 0.5).clip(0, h - 1).astype('int64')
-    index = (y * w + x).reshape([n, 1, q * npt]).expand([n, hc, q * npt])
-    # [n, hc, h, w] -> [n, hc, h*w] -> gather -> [n, hc, q, np]
+    index = (y * w + x).reshape([n, 1, npt * q]).expand([n, hc, npt * q])
+    # [n, hc, h, w] -> [n, hc, h*w] -> gather -> [n, hc, np, q]
     out = paddle.take_along_axis(value_l.reshape([n, hc, h * w]), index, axis=2)
-    return out.reshape([n, hc, q, npt])
+    return out.reshape([n, hc, npt, q])
 
 
 class MSDeformableAttention(nn.Layer):

@@ -34,11 +34,21 @@ def sincos_position_embedding(h, w, embed_dim=256, temperature=10000., dtype='fl
 def upsample_nearest(x, size):
     """Nearest-neighbour resize of [b, c, h, w] to size (H, W), as F.interpolate(mode='nearest').
 
-    Written as two index gathers (source index floor(i * h / H), F.interpolate's rule) rather than the
-    `nearest_interp` op: Paddle 3.3 Inference with oneDNN fails on that op's PIR `scale` attribute
+    Not the `nearest_interp` op: Paddle 3.3 Inference with oneDNN fails on that op's PIR `scale` attribute
     ("ConvertPirAttribute2RuntimeAttribute not support pir::ArrayAttribute<pir::DoubleAttribute>").
+    An integer factor (RT-DETR's 2x between levels) repeats every pixel with reshape + tile (4-D only, constant
+    repeats): no index arithmetic left in the exported graph (ONNX had Cast / Mul / Floor / Max around the
+    gathers), and the backward is a plain sum instead of an index_select gradient. Other sizes, and sizes not
+    known at trace time, take two index gathers with F.interpolate's source index floor(i * h / H).
     """
     h, w = x.shape[2:]
+    if min(h, w, size[0], size[1]) > 0 and size[0] % h == 0 and size[1] % w == 0:
+        c = x.shape[1]
+        big_h, big_w = size
+        # [b, c, h, w] -> [b, c*h, 1, w] -> [b, c*h, H/h, w] -> [b, c, H, w]
+        x = x.reshape([0, c * h, 1, w]).tile([1, 1, big_h // h, 1]).reshape([0, c, big_h, w])
+        # [b, c, H, w] -> [b, c*H, w, 1] -> [b, c*H, w, W/w] -> [b, c, H, W]
+        return x.reshape([0, c * big_h, w, 1]).tile([1, 1, 1, big_w // w]).reshape([0, c, big_h, big_w])
     rows = paddle.arange(size[0]) * h // size[0]
     cols = paddle.arange(size[1]) * w // size[1]
     return paddle.index_select(paddle.index_select(x, rows, axis=2), cols, axis=3)

@@ -15,12 +15,18 @@ from ppdet_rtdetr.modeling.hybrid_encoder import upsample_nearest  # noqa: E402
 
 
 @pytest.mark.parametrize('hw, size', [((2, 3), (4, 6)), ((4, 4), (7, 8)), ((5, 3), (9, 5)), ((13, 17), (25, 33)),
-                                      ((20, 20), (40, 40))])
+                                      ((20, 20), (40, 40)), ((3, 2), (9, 4))])
 def test_upsample_nearest_equals_interpolate(hw, size):
-    x = paddle.to_tensor(np.random.RandomState(0).rand(2, 3, *hw).astype('float32'))
-    got = upsample_nearest(x, size).numpy()
-    want = F.interpolate(x, size=list(size), mode='nearest').numpy()
-    assert got.shape == want.shape and (got == want).all(), f'max err {np.abs(got - want).max()}'
+    """Integer factors (reshape + tile) and the others (index gathers): same values and same gradient."""
+    x = paddle.to_tensor(np.random.RandomState(0).rand(2, 3, *hw).astype('float32'), stop_gradient=False)
+    seed = paddle.to_tensor(np.random.RandomState(1).rand(2, 3, *size).astype('float32'))
+    got = upsample_nearest(x, size)
+    want = F.interpolate(x, size=list(size), mode='nearest')
+    assert got.shape == want.shape and (got.numpy() == want.numpy()).all(), \
+        f'max err {np.abs(got.numpy() - want.numpy()).max()}'
+    grad_got, = paddle.grad((got * seed).sum(), x)
+    grad_want, = paddle.grad((want * seed).sum(), x)
+    np.testing.assert_allclose(grad_got.numpy(), grad_want.numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_dynamic_size_is_refused_with_the_reason():
