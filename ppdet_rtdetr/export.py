@@ -25,29 +25,11 @@ from ppdet.utils.logger import setup_logger
 
 logger = setup_logger(__name__)
 
-__all__ = ['merge_opt_lists', 'resolve_export_size', 'build_export_model', 'build_infer_cfg',
+__all__ = ['resolve_export_size', 'build_export_model', 'build_infer_cfg',
            'export_inference_model', 'export_onnx']
 
 # ppdet's TRT_MIN_SUBGRAPH entry for DETR-like architectures (ppdet/engine/export_utils.py)
 ARCH, MIN_SUBGRAPH_SIZE = 'DETR', 3
-
-
-def merge_opt_lists(argv):
-    """Command-line args with every `-o k=v ...` group joined into one, for ppdet's ArgsParser.
-
-    ppdet's `-o` is an argparse nargs='*' option, so a second `-o` silently replaces the first
-    (`-o weights=W -o trt=True` would export random weights).
-    """
-    opts, rest, in_opt = [], [], False
-    for arg in argv:
-        if arg in ('-o', '--opt'):
-            in_opt = True
-        elif in_opt and not arg.startswith('-'):
-            opts.append(arg)
-        else:
-            in_opt = False
-            rest.append(arg)
-    return rest + (['-o'] + opts if opts else [])
 
 
 def resolve_export_size(cfg, image_shape=None):

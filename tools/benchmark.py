@@ -330,7 +330,7 @@ def _stage_fractions(stages_ms, by_part, gemm, batch):
 
 def parse_args(argv=None):
     from ppdet.utils.cli import ArgsParser
-    from ppdet_rtdetr.export import merge_opt_lists
+    from ppdet_rtdetr.cli import merge_opt_lists
     parser = ArgsParser()
     parser.add_argument('--image_shape', nargs=3, type=int, default=None, metavar=('C', 'H', 'W'))
     parser.add_argument('--engines', nargs='+', default=list(ENGINES), choices=ENGINES)
