@@ -9,10 +9,10 @@ from train_runs import first_reaching, size_overrides  # noqa: E402
 
 
 def _merged(config, reader_key, size):
-    from ppdet.core.workspace import merge_config
-    from ppdet.utils.cli import ArgsParser
+    from ppdet_rtdetr.cli import ToolArgsParser, apply_overrides
     cfg = fresh_config(os.path.join(ROOT, config))
-    merge_config(ArgsParser().parse_args(['-c', config, '-o', *size_overrides(size, reader_key)]).opt)
+    # as tools/train.py reads them
+    apply_overrides(ToolArgsParser().parse_args(['-c', config, '-o', *size_overrides(size, reader_key)]).opt)
     return cfg
 
 
