@@ -40,6 +40,7 @@ def main(argv=None):
     parser.add_argument('--size', type=int, default=160, help='training and evaluation input size (demo: 160)')
     parser.add_argument('--limit_s', type=int, default=480, help='wall-clock limit of each run')
     parser.add_argument('--parallel', type=int, default=2)
+    parser.add_argument('--seed', type=int, default=0, help='training seed of every run')
     parser.add_argument('--work_dir', default=None, help='data and run folders (default: a temporary one)')
     parser.add_argument('--ap50', type=float, default=0.5, help='report when each run first reaches this AP50')
     args = parser.parse_args(argv)
@@ -56,13 +57,14 @@ def main(argv=None):
         size = size_overrides(args.size, 'TrainReader' if config == DEMO else 'RTDETRTrainReader')
         specs.append((name, config, common + size + (stop if config != DEMO else []) + overrides, []))
     load_before = load_average()
-    runs = run_all(specs, os.path.join(work, 'runs'), args.limit_s, args.parallel)
+    runs = run_all(specs, os.path.join(work, f'runs_seed{args.seed}'), args.limit_s, args.parallel, args.seed)
     for name, curve in runs.items():
         curve['what'] = VARIANTS[name][2]
         curve[f'first_ap50_{args.ap50}'] = first_reaching(curve, args.ap50)
     result = {
         'protocol': {'data': f'shapes, {args.num_train} train / {args.num_val} val images (seed 0)',
-                     'config': DEMO, 'size': args.size, 'epochs': args.epochs, 'stop_epoch': args.stop_epoch,
+                     'config': DEMO, 'seed': args.seed, 'size': args.size, 'epochs': args.epochs,
+                     'stop_epoch': args.stop_epoch,
                      'parallel': args.parallel, 'limit_s': args.limit_s,
                      'threads': os.environ.get('OMP_NUM_THREADS'),
                      'load_average_before_after': [load_before, load_average()]},

@@ -32,26 +32,31 @@ def size_overrides(size, reader_key='TrainReader'):
             f'EvalReader.sample_transforms={evaluate}']
 
 
-def seed_flags():
-    """`--seed 0` if tools/train.py has it (issue 9 part 1), else ppdet's `--enable_ce` (seed 0)."""
+def seed_flags(seed=0):
+    """`--seed N` if tools/train.py has it (issue 9 part 1), else ppdet's `--enable_ce` (seed 0 only)."""
     with open(os.path.join(ROOT, 'tools', 'train.py')) as f:
-        return ['--seed', '0'] if "'--seed'" in f.read() else ['--enable_ce']
+        if "'--seed'" in f.read():
+            return ['--seed', str(seed)]
+    if seed != 0:
+        raise SystemExit(f'tools/train.py has no --seed: only seed 0 (--enable_ce) can be used, not {seed}')
+    return ['--enable_ce']
 
 
-def start(name, config, overrides, out_dir, extra_args=()):
+def start(name, config, overrides, out_dir, extra_args=(), seed=0):
     """Start one training in the background; returns a dict to pass to `finish`."""
     run_dir = os.path.join(out_dir, name)
     os.makedirs(run_dir, exist_ok=True)
     opts = ['save_dir=' + run_dir, 'output_eval=' + run_dir] + list(overrides)
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train.py'), '-c', os.path.join(ROOT, config), '--eval',
-           *seed_flags(), *extra_args, '-o', *opts]
+           *seed_flags(seed), *extra_args, '-o', *opts]
     log_path = os.path.join(run_dir, 'train.log')
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     log = open(log_path, 'w')
     # a session of its own, so that the reader's worker processes are stopped with the run
     proc = subprocess.Popen(cmd, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return {'name': name, 'proc': proc, 'log': log, 'log_path': log_path, 'start': time.time(),
-            'config': config, 'overrides': list(overrides), 'extra_args': list(extra_args), 'run_dir': run_dir}
+            'config': config, 'overrides': list(overrides), 'extra_args': list(extra_args), 'run_dir': run_dir,
+            'seed': seed}
 
 
 def finish(run, limit_s):
@@ -66,18 +71,19 @@ def finish(run, limit_s):
     run['log'].close()
     with open(run['log_path']) as f:
         curve = parse(f)
-    return {'config': run['config'], 'overrides': run['overrides'], 'extra_args': run['extra_args'],
+    return {'config': run['config'], 'seed': run['seed'], 'overrides': run['overrides'],
+            'extra_args': run['extra_args'],
             'returncode': run['proc'].returncode, 'timed_out': timed_out,
             'process_wall_s': round(time.time() - run['start']), **curve}
 
 
-def run_all(specs, out_dir, limit_s, parallel):
+def run_all(specs, out_dir, limit_s, parallel, seed=0):
     """specs: [(name, config, overrides, extra_args)] -> {name: curve}, at most `parallel` at a time."""
     results, pending, running = {}, list(specs), []
     while pending or running:
         while pending and len(running) < parallel:
             name, config, overrides, extra = pending.pop(0)
-            running.append(start(name, config, overrides, out_dir, extra))
+            running.append(start(name, config, overrides, out_dir, extra, seed))
         run = running.pop(0)
         results[run['name']] = finish(run, limit_s)
         print(f"{run['name']}: {results[run['name']]['evaluations'][-1:]}", flush=True)
