@@ -21,9 +21,9 @@ DEMO = 'configs/demo/rtdetr_r18vd_shapes.yml'
 VARIANTS = {
     'baseline': (DEMO, [], 'the demo config: varifocal loss, one image per sample'),
     'mal': (DEMO, ['RTDETRCriterion.class_loss=mal'], "DEIM's Matchability-Aware Loss instead of the varifocal loss"),
-    'mosaic': ('configs/small_data/rtdetr_r18vd_shapes_mosaic.yml', [],
+    'mosaic': ('configs/small_data/rtdetr_r18vd_small_data.yml', [],
                'dense one-to-one matching: 2x2 mosaics (prob 0.5) until the stop epoch'),
-    'mal_mosaic': ('configs/small_data/rtdetr_r18vd_shapes_mosaic.yml', ['RTDETRCriterion.class_loss=mal'],
+    'mal_mosaic': ('configs/small_data/rtdetr_r18vd_small_data.yml', ['RTDETRCriterion.class_loss=mal'],
                    'both'),
 }
 

@@ -27,7 +27,7 @@ def test_size_overrides_reach_the_train_and_eval_readers():
     evaluate = cfg['EvalReader']['sample_transforms']
     assert evaluate[1] == {'Resize': {'target_size': [96, 96], 'keep_ratio': False, 'interp': 2}}
     # the sample transforms (and the mosaic of the small-data config) are left as they are
-    cfg = _merged('configs/small_data/rtdetr_r18vd_shapes_mosaic.yml', 'RTDETRTrainReader', 96)
+    cfg = _merged('configs/small_data/rtdetr_r18vd_small_data.yml', 'RTDETRTrainReader', 96)
     reader = cfg['RTDETRTrainReader']
     assert reader['batch_transforms'][0]['BatchRandomResize']['target_size'] == [[96, 96]]
     assert 'DenseMosaic' in reader['sample_transforms'][1]['BeforeStopEpoch']['transforms'][0]

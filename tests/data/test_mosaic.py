@@ -115,7 +115,7 @@ def test_bad_options_and_unsupported_fields_are_refused():
 
 def test_small_data_config_stops_the_mosaics_at_the_stop_epoch():
     from ppdet.core.workspace import create
-    cfg = fresh_config(os.path.join(ROOT, 'configs', 'small_data', 'rtdetr_r18vd_shapes_mosaic.yml'))
+    cfg = fresh_config(os.path.join(ROOT, 'configs', 'small_data', 'rtdetr_r18vd_small_data.yml'))
     reader = create('RTDETRTrainReader')
     plain = ['Decode', 'RandomDistort', 'RandomFlip', 'BatchRandomResize', 'NormalizeImage', 'NormalizeBox',
              'BboxXYXY2XYWH', 'Permute']

@@ -107,3 +107,16 @@ def test_bad_class_loss_options_refuse_at_construction():
 
 def test_default_is_the_official_varifocal_loss():
     assert RTDETRCriterion().class_loss == 'vfl'
+
+
+def test_mal_mixin_switches_only_the_class_loss(tmp_path):
+    import os
+    from conftest import ROOT, fresh_config
+    from ppdet.core.workspace import create
+    leaf = tmp_path / 'leaf.yml'
+    leaf.write_text("_BASE_: ['{}', '{}']\n".format(os.path.join(ROOT, 'configs', 'demo', 'rtdetr_r18vd_shapes.yml'),
+                                                     os.path.join(ROOT, 'configs', 'small_data', '_base_', 'mal.yml')))
+    fresh_config(str(leaf))
+    crit = create('RTDETRCriterion')
+    assert (crit.class_loss, crit.mal_gamma, crit.mal_alpha) == ('mal', 1.5, None)
+    assert crit.loss_coeff == {'class': 1, 'bbox': 5, 'giou': 2} and crit.use_vfl and crit.aux_loss
