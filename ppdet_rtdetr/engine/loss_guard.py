@@ -28,7 +28,8 @@ from ppdet.utils.logger import setup_logger
 
 logger = setup_logger(__name__)
 
-__all__ = ['DEFAULT_PATIENCE', 'NonFiniteLossError', 'LossGuard', 'StepGate', 'check_loss', 'describe']
+__all__ = ['DEFAULT_PATIENCE', 'NonFiniteLossError', 'LossGuard', 'StepGate', 'check_loss', 'check_patience',
+           'describe']
 
 DEFAULT_PATIENCE = 10  # consecutive non-finite losses an AMP run tolerates (config: nonfinite_loss_patience)
 
@@ -67,6 +68,12 @@ def check_loss(outputs, status):
         '--amp.')
 
 
+def check_patience(patience):
+    """Raises ValueError unless ``patience`` (config ``nonfinite_loss_patience``) is an integer >= 1."""
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ValueError('nonfinite_loss_patience must be an integer >= 1, got {!r}'.format(patience))
+
+
 class LossGuard(object):
     """The forward post-hook of the module docstring, on one trainer's model.
 
@@ -77,8 +84,8 @@ class LossGuard(object):
     """
 
     def __init__(self, trainer, patience=None):
-        if patience is not None and (not isinstance(patience, int) or patience < 1):
-            raise ValueError('nonfinite_loss_patience must be an integer >= 1, got {!r}'.format(patience))
+        if patience is not None:
+            check_patience(patience)
         self.status, self.patience, self.streak = trainer.status, patience, 0
         self._handle = trainer.model.register_forward_post_hook(self._check)
 

@@ -41,7 +41,15 @@ def convert_sync_batchnorm_keeping_frozen(layer):
 
 
 class RTDETRTrainer(Trainer):
-    """ppdet's ``Trainer(cfg, mode)`` with the changes listed in the module docstring; same arguments."""
+    """ppdet's ``Trainer(cfg, mode)`` with the changes listed in the module docstring; same arguments.
+
+    Raises:
+        ValueError: ``nonfinite_loss_patience`` is not an integer >= 1 (before the model and readers are built).
+    """
+
+    def __init__(self, cfg, mode='train'):
+        loss_guard.check_patience(cfg.get('nonfinite_loss_patience', loss_guard.DEFAULT_PATIENCE))
+        super().__init__(cfg, mode)
 
     def _init_callbacks(self):
         super()._init_callbacks()
@@ -82,7 +90,7 @@ class RTDETRTrainer(Trainer):
         return guards
 
     def train(self, validate=False):
-        guards = self._nonfinite_guards()  # first: a bad nonfinite_loss_patience is refused before any change
+        guards = self._nonfinite_guards()
         sync_bn = self._sync_bn()
         if sync_bn:
             convert_sync_batchnorm_keeping_frozen(self.model)

@@ -170,6 +170,8 @@ class RTDETRDeformableTransformer(nn.Layer):
             # top-k over tokens x classes; a token may be chosen once per class
             _, ind = paddle.topk(enc_logits.flatten(1), self.num_queries, axis=1)
             return ind // enc_logits.shape[-1]
+        # default: the best class of each token; agnostic: its one score ([b, l, 1] -> [b, l] either way),
+        # trained as one class that every gt belongs to (RTDETRCriterion's `enc_agnostic`)
         _, ind = paddle.topk(enc_logits.max(-1), self.num_queries, axis=1)
         return ind
 

@@ -2,6 +2,7 @@
 saved; under --amp it skips the step as the loss scaler does and stops after nonfinite_loss_patience in a row.
 The AMP clamp keeps float16 decoder activations finite."""
 import math
+import re
 import types
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from helpers.data_cases import LogRecords, checkpoint_files, light_config, make_shapes
 
 from ppdet_rtdetr.engine import RTDETRTrainer
-from ppdet_rtdetr.engine.loss_guard import LossGuard, NonFiniteLossError
+from ppdet_rtdetr.engine.loss_guard import LossGuard, NonFiniteLossError, StepGate
 from ppdet_rtdetr.modeling import decoder
 
 
@@ -108,12 +109,51 @@ def test_amp_skips_nonfinite_steps_and_stops_after_patience_in_a_row(tmp_path, s
     assert not {'step', 'minimize'} & set(vars(trainer.optimizer)), 'the step gate must be removed after train'
 
 
-def test_patience_must_be_a_positive_integer():
+@pytest.mark.parametrize('patience', [0, 2.5, True, '3'])
+def test_patience_must_be_a_positive_integer(patience):
+    from conftest import TINY_CFG, fresh_config
+    message = r"^nonfinite_loss_patience must be an integer >= 1, got {}$".format(re.escape(repr(patience)))
+    with pytest.raises(ValueError, match=message):
+        RTDETRTrainer(fresh_config(TINY_CFG, nonfinite_loss_patience=patience), mode='train')
     model = paddle.nn.Linear(2, 2)
-    trainer = types.SimpleNamespace(model=model, status={})
-    with pytest.raises(ValueError, match=r"^nonfinite_loss_patience must be an integer >= 1, got 0$"):
-        LossGuard(trainer, patience=0)
+    with pytest.raises(ValueError, match=message):
+        LossGuard(types.SimpleNamespace(model=model, status={}), patience=patience)
     assert not model._forward_post_hooks, 'a refused guard must not stay hooked'
+
+
+def test_step_gate_skips_only_steps_with_nonfinite_gradients():
+    layer = paddle.nn.Linear(2, 1)
+    optimizer = paddle.optimizer.SGD(learning_rate=0.5, parameters=layer.parameters())
+    gate = StepGate(optimizer, layer.parameters())
+    before = layer.weight.numpy().copy()
+    (layer(paddle.to_tensor([[1., 2.]])) * math.inf).sum().backward()
+    assert optimizer.minimize(None) == (None, None) and optimizer.step() is None  # both skipped
+    np.testing.assert_array_equal(layer.weight.numpy(), before)
+    optimizer.clear_grad()
+    layer(paddle.to_tensor([[1., 2.]])).sum().backward()  # d/dw = [1, 2]
+    optimizer.step()
+    np.testing.assert_allclose(layer.weight.numpy(), before - 0.5 * np.array([[1.], [2.]]), rtol=1e-6)
+    assert gate.skipped == 2
+    gate.remove()
+    assert type(optimizer).step is paddle.optimizer.SGD.step and 'step' not in vars(optimizer)
+
+
+@pytest.mark.parametrize('cfg, guards', [
+    ({}, [('LossGuard', None)]),
+    ({'amp': True, 'use_gpu': True}, [('LossGuard', 10)]),  # the enabled GradScaler skips the steps itself
+    ({'amp': True, 'use_gpu': False, 'nonfinite_loss_patience': 4}, [('LossGuard', 4), ('StepGate', None)]),
+    ({'amp': True, 'stop_on_nonfinite_loss': False}, []),
+])
+def test_the_guards_the_trainer_installs(cfg, guards):
+    from ppdet.core.workspace import AttrDict
+    trainer = RTDETRTrainer.__new__(RTDETRTrainer)
+    trainer.cfg, trainer.use_amp, trainer.status = AttrDict(**cfg), cfg.get('amp', False), {}
+    trainer.model = paddle.nn.Linear(2, 2)
+    trainer.optimizer = paddle.optimizer.SGD(parameters=trainer.model.parameters())
+    installed = trainer._nonfinite_guards()
+    assert [(type(g).__name__, getattr(g, 'patience', None)) for g in installed] == guards
+    for guard in installed:
+        guard.remove()
 
 
 def test_inf_loss_without_parts():
