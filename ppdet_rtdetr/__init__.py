@@ -10,6 +10,7 @@ from . import modeling  # noqa: F401  (registers modules)
 from .data import transforms  # noqa: F401  (reader transforms ppdet 2.6.0 lacks: RandomApply)
 from . import delegate, optim  # noqa: F401  (config hooks: !Delegate, RTDETROptimizerBuilder)
 from .data import stop_epoch  # noqa: F401  (RTDETRTrainReader, BeforeStopEpoch)
+from .data import mosaic  # noqa: F401  (DenseMosaic: DEIM's dense one-to-one matching)
 from .data import coco  # noqa: F401  (RTDETRCOCODataSet: checks the annotation file when loaded)
 
 from .config import load_config  # noqa: E402  (the one config loader of every tool)

@@ -7,7 +7,7 @@ annotation file's `info.params`.
 """
 import argparse
 
-from ppdet_rtdetr.data.synthetic import CATEGORIES, make_dataset
+from ppdet_rtdetr.data.synthetic import CATEGORIES, OTHER_CATEGORIES, make_dataset
 
 
 def parse_args(argv=None):
@@ -19,6 +19,9 @@ def parse_args(argv=None):
     parser.add_argument('--size', type=int, default=160,
                         help='nominal image side; each image is 0.8-1.25x this, never square')
     parser.add_argument('--seed', type=int, default=0, help='dataset seed')
+    parser.add_argument('--kind', default='shapes', choices=['shapes', 'polygons'],
+                        help="'shapes': the demo's 4 classes; 'polygons': 4 other classes in random colours "
+                             "(a fine-tuning target, see benchmarks/finetune.py)")
     args = parser.parse_args(argv)
     if args.size < 32:
         parser.error('--size must be at least 32 so that objects stay clearly visible')
@@ -27,13 +30,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    splits = make_dataset(args.out, args.num_train, args.num_val, args.size, args.seed)
+    splits = make_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, args.kind)
     for split, paths in splits.items():
         state = 'written' if paths['generated'] else 'up to date, kept'
         print('{}: {} ({}), images in {}'.format(split, paths['anno_path'], state,
                                                  paths['image_dir']))
-    names = ', '.join('{}={}'.format(c['id'], c['name']) for c in CATEGORIES)
-    print('categories: {} (num_classes: {})'.format(names, len(CATEGORIES)))
+    categories = CATEGORIES if args.kind == 'shapes' else OTHER_CATEGORIES
+    names = ', '.join('{}={}'.format(c['id'], c['name']) for c in categories)
+    print('categories: {} (num_classes: {})'.format(names, len(categories)))
 
 
 if __name__ == '__main__':

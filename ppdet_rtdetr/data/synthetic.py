@@ -22,6 +22,15 @@ CATEGORIES = (
 # One hue (degrees) per category, jittered per object: colour helps a tiny model learn in minutes,
 # shape is what separates neighbouring hues.
 _HUES = {3: 0., 7: 220., 11: 120., 20: 50.}
+# kind 'polygons': four other classes (a fine-tuning target for a model pretrained on the shapes), each object in
+# a random hue, so colour says nothing about the class and only the outline does.
+OTHER_CATEGORIES = (
+    {'id': 1, 'name': 'pentagon'},
+    {'id': 2, 'name': 'star'},
+    {'id': 5, 'name': 'diamond'},
+    {'id': 6, 'name': 'bar'},
+)
+_KINDS = {'shapes': CATEGORIES, 'polygons': OTHER_CATEGORIES}
 _SPLITS = ('train', 'val')
 _EMPTY_EVERY = 8  # image i is empty when i % 8 == 3, so any split of >= 4 images has an empty one
 _MAX_OBJECTS = 4
@@ -80,11 +89,30 @@ def _polygon(category_id, cx, cy, radius, angle):
     return [(cx + scale * (x * cos - y * sin), cy + scale * (x * sin + y * cos)) for x, y in unit]
 
 
-def _object_mask(category_id, width, height, cx, cy, radius, angle, aspect):
+def _other_polygon(name, cx, cy, radius, angle):
+    """Vertices of a pentagon, five-pointed star, diamond (rhombus 1:0.55) or bar (3:1 rectangle), circumradius
+    `radius`, rotated by `angle`."""
+    if name == 'pentagon':
+        unit = [(np.cos(a), np.sin(a)) for a in np.deg2rad(np.arange(5) * 72. - 90)]
+    elif name == 'star':
+        unit = [(r * np.cos(a), r * np.sin(a))
+                for a, r in zip(np.deg2rad(np.arange(10) * 36. - 90), [1., .45] * 5)]
+    elif name == 'diamond':
+        unit = [(0, 1), (.55, 0), (0, -1), (-.55, 0)]
+    else:
+        unit = [(x * .95, y * .32) for x, y in [(1, 1), (-1, 1), (-1, -1), (1, -1)]]
+    cos, sin = np.cos(angle), np.sin(angle)
+    return [(cx + radius * (x * cos - y * sin), cy + radius * (x * sin + y * cos)) for x, y in unit]
+
+
+def _object_mask(category_id, width, height, cx, cy, radius, angle, aspect, kind='shapes'):
     """Rasterise one object as a boolean mask [h, w] (no anti-aliasing, so the mask is exact)."""
     mask = Image.new('L', (width, height), 0)
     draw = ImageDraw.Draw(mask)
-    if category_id == 3:
+    if kind == 'polygons':
+        name = {c['id']: c['name'] for c in OTHER_CATEGORIES}[category_id]
+        draw.polygon(_other_polygon(name, cx, cy, radius, angle), fill=1)
+    elif category_id == 3:
         rx, ry = radius * aspect, radius / aspect
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=1)
     else:
@@ -102,7 +130,7 @@ def mask_to_box(mask):
     return [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0]
 
 
-def render_image(seed, split, index, size):
+def render_image(seed, split, index, size, kind='shapes'):
     """Draw image `index` of `split`: a deterministic function of its arguments.
 
     Args:
@@ -111,12 +139,17 @@ def render_image(seed, split, index, size):
         index (int): image index inside the split, from 0.
         size (int): nominal image side; width and height are drawn from [0.8, 1.25] * size and
             always differ (non-square).
+        kind (str): 'shapes' (``CATEGORIES``, one hue per class) or 'polygons' (``OTHER_CATEGORIES``,
+            random hues).
 
     Returns:
         tuple: (image, objects). image is uint8 [h, w, 3] RGB; objects is a list of
         (category_id, colour, mask) with colour an RGB triple and mask a boolean [h, w] of exactly
         the pixels painted in that colour. Masks are disjoint, 0 to 4 per image.
     """
+    if kind not in _KINDS:
+        raise ValueError(f"synthetic dataset: unknown kind '{kind}', expected one of {list(_KINDS)}")
+    categories = _KINDS[kind]
     rng = np.random.default_rng([seed, _SPLITS.index(split), index])
     width = int(round(size * rng.uniform(.8, 1.25)))
     height = int(round(size * rng.uniform(.8, 1.25)))
@@ -131,21 +164,21 @@ def render_image(seed, split, index, size):
     for _ in range(count * 20):  # rejection sampling; a crowded image keeps fewer objects
         if len(objects) == count:
             break
-        category_id = CATEGORIES[rng.integers(len(CATEGORIES))]['id']
+        category_id = categories[rng.integers(len(categories))]['id']
         radius = rng.uniform(.09, .2) * short_side
         aspect = rng.uniform(.8, 1.25)
         margin = radius * aspect + 1  # the widest extent of any shape (circle: radius * aspect)
         cx = rng.uniform(margin, width - margin)
         cy = rng.uniform(margin, height - margin)
         mask = _object_mask(category_id, width, height, cx, cy, radius,
-                            angle=rng.uniform(0, 2 * np.pi), aspect=aspect)
+                            angle=rng.uniform(0, 2 * np.pi), aspect=aspect, kind=kind)
         # a 2-pixel gap keeps objects apart after JPEG blurring and keeps every box unoccluded
         grown = np.zeros_like(mask)
         x, y, w, h = mask_to_box(mask)
         grown[max(y - 2, 0):y + h + 2, max(x - 2, 0):x + w + 2] = True
         if (grown & occupied).any():
             continue
-        hue = (_HUES[category_id] + rng.uniform(-15, 15)) % 360
+        hue = rng.uniform(0, 360) if kind == 'polygons' else (_HUES[category_id] + rng.uniform(-15, 15)) % 360
         colour = _hsv_to_rgb(hue, rng.uniform(.75, 1.), rng.uniform(.8, 1.))
         image[mask] = colour
         occupied |= grown
@@ -158,7 +191,7 @@ def _split_paths(out_dir, split):
             os.path.join(out_dir, 'images', split))
 
 
-def build_split(out_dir, split, num_images, size, seed):
+def build_split(out_dir, split, num_images, size, seed, kind='shapes'):
     """Write the images of one split and return its COCO annotation dict (not yet saved)."""
     _, image_dir = _split_paths(out_dir, split)
     os.makedirs(image_dir, exist_ok=True)
@@ -169,7 +202,7 @@ def build_split(out_dir, split, num_images, size, seed):
             os.remove(os.path.join(image_dir, name))
     images, annotations = [], []
     for index in range(num_images):
-        image, objects = render_image(seed, split, index, size)
+        image, objects = render_image(seed, split, index, size, kind)
         file_name = '{:06d}.jpg'.format(index)
         Image.fromarray(image).save(os.path.join(image_dir, file_name), quality=95)
         image_id = index + 1
@@ -183,17 +216,20 @@ def build_split(out_dir, split, num_images, size, seed):
                 'iscrowd': 0})
     return {
         'info': {'description': 'ppdet_rtdetr synthetic shapes',
-                 'params': _params(split, num_images, size, seed)},
+                 'params': _params(split, num_images, size, seed, kind)},
         'licenses': [],
         'images': images,
         'annotations': annotations,
-        'categories': [dict(c, supercategory='shape') for c in CATEGORIES],
+        'categories': [dict(c, supercategory='shape') for c in _KINDS[kind]],
     }
 
 
-def _params(split, num_images, size, seed):
-    return {'split': split, 'num_images': num_images, 'size': size, 'seed': seed,
-            'format_version': _FORMAT_VERSION}
+def _params(split, num_images, size, seed, kind='shapes'):
+    params = {'split': split, 'num_images': num_images, 'size': size, 'seed': seed,
+              'format_version': _FORMAT_VERSION}
+    if kind != 'shapes':  # the default's parameters, hence its files, stay as they were
+        params['kind'] = kind
+    return params
 
 
 def _is_complete(anno_path, image_dir, params):
@@ -207,7 +243,7 @@ def _is_complete(anno_path, image_dir, params):
     return all(os.path.isfile(os.path.join(image_dir, im['file_name'])) for im in coco['images'])
 
 
-def make_dataset(out_dir, num_train=200, num_val=40, size=160, seed=0):
+def make_dataset(out_dir, num_train=200, num_val=40, size=160, seed=0, kind='shapes'):
     """Write (or keep, when already there with the same parameters) the train and val splits.
 
     Args:
@@ -216,6 +252,7 @@ def make_dataset(out_dir, num_train=200, num_val=40, size=160, seed=0):
         num_val (int): number of val images.
         size (int): nominal image side in pixels (see `render_image`).
         seed (int): dataset seed.
+        kind (str): 'shapes' (the demo's classes) or 'polygons' (other classes, random colours).
 
     Returns:
         dict: split -> {'anno_path', 'image_dir', 'generated'}; 'generated' is False when the split
@@ -224,9 +261,9 @@ def make_dataset(out_dir, num_train=200, num_val=40, size=160, seed=0):
     result = {}
     for split, num_images in zip(_SPLITS, (num_train, num_val)):
         anno_path, image_dir = _split_paths(out_dir, split)
-        done = _is_complete(anno_path, image_dir, _params(split, num_images, size, seed))
+        done = _is_complete(anno_path, image_dir, _params(split, num_images, size, seed, kind))
         if not done:
-            coco = build_split(out_dir, split, num_images, size, seed)
+            coco = build_split(out_dir, split, num_images, size, seed, kind)
             os.makedirs(os.path.dirname(anno_path), exist_ok=True)
             with open(anno_path, 'w') as f:
                 json.dump(coco, f)

@@ -6,10 +6,12 @@ import paddle.nn.functional as F
 from ppdet.core.workspace import register
 
 from .box_ops import aligned_iou, cxcywh_to_xyxy
+from .mal_loss import mal_loss
 
 __all__ = ['RTDETRCriterion', 'mean_num_gts']
 
 _BOX_LOSSES = ('giou', 'diou', 'ciou')
+_CLASS_LOSSES = ('vfl', 'mal')
 _LOSS_NAMES = ('class', 'bbox', 'giou')
 
 
@@ -64,6 +66,10 @@ class RTDETRCriterion(object):
             ``loss_giou`` so logs and official configs keep their names.
         vfl_alpha (float): weight of the negatives in the varifocal loss.
         vfl_gamma (float): focusing exponent of the negatives in the varifocal loss.
+        class_loss (str): 'vfl' (the official loss, with `use_vfl`) or 'mal', DEIM's Matchability-Aware Loss
+            (``modeling/mal_loss.py``), which replaces the varifocal loss and needs ``use_vfl: True``.
+        mal_gamma (float): exponent of the IoU target and of the negatives' weight in the MAL (DEIM: 1.5).
+        mal_alpha (float|None): weight of the negatives in the MAL; None is 1 (DEIM's default).
 
     Call args:
         boxes (Tensor): [n_out, b, q, 4] sigmoid cxcywh; index 0 is the encoder top-k, then every
@@ -100,10 +106,19 @@ class RTDETRCriterion(object):
                  use_vfl=True,
                  box_loss='giou',
                  vfl_alpha=0.75,
-                 vfl_gamma=2.0):
+                 vfl_gamma=2.0,
+                 class_loss='vfl',
+                 mal_gamma=1.5,
+                 mal_alpha=None):
         if box_loss not in _BOX_LOSSES:
             raise ValueError(f"RTDETRCriterion: unknown box_loss '{box_loss}', "
                              f"expected one of {list(_BOX_LOSSES)}")
+        if class_loss not in _CLASS_LOSSES:
+            raise ValueError(f"RTDETRCriterion: unknown class_loss '{class_loss}', "
+                             f"expected one of {list(_CLASS_LOSSES)}")
+        if class_loss == 'mal' and not use_vfl:
+            raise ValueError("RTDETRCriterion: class_loss 'mal' replaces the varifocal loss and needs "
+                             "use_vfl: True (use_vfl: False selects the focal loss)")
         if not use_focal_loss:
             raise ValueError('RTDETRCriterion: use_focal_loss=False (softmax class scores) is not '
                              'supported; RT-DETR scores classes with sigmoids')
@@ -117,6 +132,9 @@ class RTDETRCriterion(object):
         self.box_loss = box_loss
         self.vfl_alpha = vfl_alpha
         self.vfl_gamma = vfl_gamma
+        self.class_loss = class_loss
+        self.mal_gamma = mal_gamma
+        self.mal_alpha = mal_alpha
 
     def _class_loss(self, logits, src_boxes, tgt_boxes, flat_idx, tgt_cls, num_gts):
         """logits [b, q, k]; matched pairs as flat query indices into b*q and their gt classes."""
@@ -132,7 +150,11 @@ class RTDETRCriterion(object):
         # [b*q] -> [b*q, k+1] -> [b, q, k]
         label = F.one_hot(target_cls, k + 1)[:, :k].reshape([bs, num_queries, k])
         label = label.astype(logits.dtype)
-        if self.use_vfl:
+        if self.class_loss == 'mal':
+            # [b*q] -> [b, q, 1]
+            loss = mal_loss(logits, label, target_iou.reshape([bs, num_queries, 1]), self.mal_gamma,
+                            self.mal_alpha)
+        elif self.use_vfl:
             # [b*q] -> [b, q, 1]: the IoU sits at the matched class only
             score = target_iou.reshape([bs, num_queries, 1]) * label
             # the weight is a constant of the BCE: no gradient through the predicted score

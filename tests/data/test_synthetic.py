@@ -130,3 +130,29 @@ def test_make_demo_dataset_tool(tmp_path, capsys):
     assert 'num_classes: 4' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         tool.parse_args(['--out', str(tmp_path), '--size', '16'])
+
+
+def test_polygons_kind_other_classes_random_colours_default_untouched(dataset, tmp_path):
+    root = str(tmp_path / 'polygons')
+    synthetic.make_dataset(root, **dict(PARAMS, num_train=24))
+    shapes = synthetic.render_image(0, 'train', 1, 64)
+    synthetic.make_dataset(root, **dict(PARAMS, num_train=24), kind='polygons')
+    coco = _load(root, 'train')
+    assert [c['name'] for c in coco['categories']] == ['pentagon', 'star', 'diamond', 'bar']
+    assert coco['info']['params']['kind'] == 'polygons'
+    assert {a['category_id'] for a in coco['annotations']} <= {1, 2, 5, 6}
+    # boxes are still the drawn extent, and a class comes in many hues (the shapes' hues are 30 degrees wide)
+    hues = {}
+    for im in coco['images'][:24]:
+        image, objects = synthetic.render_image(0, 'train', im['id'] - 1, 64, kind='polygons')
+        annos = [a for a in coco['annotations'] if a['image_id'] == im['id']]
+        assert [a['bbox'] for a in annos] == [_extent(m) for _, _, m in objects]
+        for cid, colour, _ in objects:
+            r, g, b = (np.array(colour) / 255.).tolist()
+            hues.setdefault(cid, []).append(np.degrees(np.arctan2(np.sqrt(3) * (g - b), 2 * r - g - b)) % 360)
+    assert max(np.ptp(h) for h in hues.values()) > 90, hues
+    # the default kind draws exactly what it drew before the option existed
+    again = synthetic.render_image(0, 'train', 1, 64)
+    assert (again[0] == shapes[0]).all() and _load(str(dataset), 'train')['info']['params'].get('kind') is None
+    with pytest.raises(ValueError, match="unknown kind 'circles', expected one of \\['shapes', 'polygons'\\]"):
+        synthetic.render_image(0, 'train', 1, 64, kind='circles')
