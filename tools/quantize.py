@@ -14,22 +14,19 @@ holds model.onnx, infer_cfg.yml (with a `quantization` section) and quant_report
 deploy/onnxruntime/infer.py --model_dir <output_dir>.
 """
 import os
-import sys
 
 import onnx
 import ppdet_rtdetr  # noqa: F401  (registers modules, reader transforms)
 import yaml
-from ppdet.utils.cli import ArgsParser
-from ppdet.core.workspace import merge_config
 
+from ppdet_rtdetr.cli import ToolArgsParser, apply_overrides
 from ppdet_rtdetr.config import load_config
-from ppdet_rtdetr.export import merge_opt_lists
 from ppdet_rtdetr.quant import (GROUPS, ConfigPreprocess, ImageCalibrationReader, dataset_image_paths,
                                 folder_image_paths, pick_evenly, quantize_export)
 
 
 def parse_args(argv=None):
-    parser = ArgsParser()
+    parser = ToolArgsParser()
     parser.add_argument('--model_dir', required=True, help='exported folder with infer_cfg.yml and model.onnx')
     parser.add_argument('--output_dir', required=True, help='the INT8 folder to write')
     parser.add_argument('--calib_images', type=int, default=32, help='number of calibration images')
@@ -41,13 +38,13 @@ def parse_args(argv=None):
                         help='largest detection drift (mean |score change| + 1 - mean IoU) of the INT8 model')
     parser.add_argument('--method', default='MinMax', choices=['MinMax', 'Entropy', 'Percentile'])
     parser.add_argument('--cpu_threads', type=int, default=2)
-    return parser.parse_args(merge_opt_lists(sys.argv[1:] if argv is None else argv))
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config)
-    merge_config(args.opt)
+    apply_overrides(args.opt)
     for name in ('infer_cfg.yml', 'model.onnx'):
         if not os.path.isfile(os.path.join(args.model_dir, name)):
             raise FileNotFoundError(f'{os.path.join(args.model_dir, name)} not found: export with '
