@@ -134,11 +134,13 @@ class RTDETRHybridEncoder(nn.Layer):
                                               for _ in range(n - 1)])
         self.pan_blocks = nn.LayerList([CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act, trt)
                                         for _ in range(n - 1)])
+        # (h, w) of each precomputed embedding: matched on both, since a transposed grid has the same token count
+        self._pos_embed_hw = {}
         if self.eval_size:
             for idx in self.use_encoder_idx:
                 s = self.feat_strides[idx]
-                pe = sincos_position_embedding(self.eval_size[0] // s, self.eval_size[1] // s,
-                                               hidden_dim, pe_temperature)
+                self._pos_embed_hw[idx] = (self.eval_size[0] // s, self.eval_size[1] // s)
+                pe = sincos_position_embedding(*self._pos_embed_hw[idx], hidden_dim, pe_temperature)
                 self.register_buffer(f'pos_embed{idx}', pe, persistable=False)
 
     @classmethod
@@ -147,8 +149,14 @@ class RTDETRHybridEncoder(nn.Layer):
                 'feat_strides': [s.stride for s in input_shape]}
 
     def _pos_embed(self, idx, h, w):
+        """[1, h*w, c] embedding of an h x w map: the buffer of `eval_size` when (h, w) is its grid, else computed.
+
+        h and w are ints, or 0-D int tensors when a dynamic-size export traces this (the graph then computes the
+        embedding from the input's shape).
+        """
         cached = getattr(self, f'pos_embed{idx}', None)
-        if self.training or cached is None or cached.shape[1] != h * w:
+        known = isinstance(h, int) and isinstance(w, int)
+        if self.training or cached is None or not known or self._pos_embed_hw[idx] != (h, w):
             return sincos_position_embedding(h, w, self.hidden_dim, self.pe_temperature)
         return cached
 
