@@ -25,9 +25,12 @@ def sincos_position_embedding(h, w, embed_dim=256, temperature=10000., dtype='fl
     omega = 1. / temperature ** (paddle.arange(pos_dim, dtype=dtype) / pos_dim)
     rows = paddle.arange(h, dtype=dtype).unsqueeze(1).expand([h, w]).flatten()  # [h*w]
     cols = paddle.arange(w, dtype=dtype).unsqueeze(0).expand([h, w]).flatten()
-    out_r = rows.unsqueeze(1) * omega.unsqueeze(0)  # [h*w, pos_dim]
-    out_c = cols.unsqueeze(1) * omega.unsqueeze(0)
-    emb = paddle.concat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], axis=1)
+    rows, cols, omega = rows.unsqueeze(1), cols.unsqueeze(1), omega.unsqueeze(0)  # [h*w, 1], [1, pos_dim]
+    # sin and cos each take their own product (omega * x is the same number as x * omega): Paddle Inference
+    # with oneDNN runs sin in place on its input, so a product shared with cos reached cos as sin(product)
+    # (errors up to 2 when an export for any size computes this in the graph instead of baking it)
+    emb = paddle.concat([(rows * omega).sin(), (omega * rows).cos(), (cols * omega).sin(), (omega * cols).cos()],
+                        axis=1)  # [h*w, embed_dim]
     return emb.unsqueeze(0)
 
 
