@@ -25,7 +25,8 @@ setup(
     ],
     extras_require={
         'cpu': ['paddlepaddle==3.3.1'],
-        'test': ['pytest'],
+        'test': ['pytest', 'matplotlib'],
+        'demo': ['matplotlib'],  # the demo's learning-curve plot
         'onnx': ['paddle2onnx==2.1.0', 'onnxruntime'],
     },
 )

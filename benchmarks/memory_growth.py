@@ -93,13 +93,14 @@ def main(argv=None):
     args = parse_args(argv)
     import paddle
 
-    import ppdet_rtdetr  # noqa: F401  (registers modules, installs the Trainer hooks)
-    from ppdet.core.workspace import load_config, merge_config
-    from ppdet.engine import Trainer
+    import ppdet_rtdetr  # noqa: F401  (registers modules)
+    from ppdet.core.workspace import load_config
     from ppdet.engine.callbacks import Callback
 
+    from ppdet_rtdetr.cli import apply_overrides
     from ppdet_rtdetr.compat import resolve_device
     from ppdet_rtdetr.data import synthetic
+    from ppdet_rtdetr.engine import RTDETRTrainer
 
     points = []
 
@@ -119,13 +120,13 @@ def main(argv=None):
         data = os.path.join(work, 'shapes')
         synthetic.make_dataset(data, num_train=args.num_train, num_val=1, size=96, seed=0)
         cfg = load_config(args.config)
-        merge_config({'save_dir': os.path.join(work, 'output'), 'snapshot_epoch': args.snapshot_epoch,
-                      'log_iter': args.every,
-                      'TrainDataset': {'dataset_dir': data, 'image_dir': 'images/train',
-                                       'anno_path': 'annotations/instances_train.json'}})
+        apply_overrides({'save_dir': os.path.join(work, 'output'), 'snapshot_epoch': args.snapshot_epoch,
+                         'log_iter': args.every,
+                         'TrainDataset': {'dataset_dir': data, 'image_dir': 'images/train',
+                                          'anno_path': 'annotations/instances_train.json'}})
         resolve_device(cfg)
         start = time.time()
-        trainer = Trainer(cfg, mode='train')
+        trainer = RTDETRTrainer(cfg, mode='train')
         steps = len(trainer.loader)
         cfg.epoch = trainer.end_epoch = trainer.cfg.epoch = math.ceil(args.iters / steps)
         trainer.register_callbacks([Recorder(trainer)])

@@ -1,30 +1,38 @@
-"""Compatibility shims that let ppdet 2.6.0 run on Paddle 3.x.
+"""Shims that make ppdet 2.6.0 run at all on Paddle 3.x / Pillow 10: each fixes a crash and changes nothing else.
 
-Every shim names the ppdet / Paddle / Pillow version that needs it and has a test in
-``tests/unit/test_compat.py`` that fails without it. Nothing here changes Paddle's arithmetic.
+Applied once, when ``ppdet_rtdetr`` is imported (its ``__init__`` imports this module first); applying them
+again is a no-op. Each names the versions and the error it fixes, and ``tests/test_compat.py`` shows that
+error on the unpatched path (a patched function keeps the original as ``__wrapped__``):
 
-The shims are applied once, when ``ppdet_rtdetr`` is imported (its ``__init__`` imports this module
-first); applying them again is a no-op. A patched function keeps the original reachable as
-``__wrapped__`` (``functools.wraps``), which is how the tests call the unpatched path.
+* ``ImageDraw.ImageDraw.textsize`` (removed in Pillow 10; ppdet's ``draw_bbox`` calls it);
+* ``ppdet.engine.trainer.paddle.jit.to_static`` (Paddle 3's SOT default has no ``main_program``, which
+  ``Trainer.export`` reads);
+* ``ModelEMA.__init__`` with ``ema_filter_no_grad=True`` (ppdet 2.6.0 appends to a set, on any Paddle);
+* ``Trainer.__init__`` with ``print_params: true`` (Paddle 3's 0-D ``numel()``).
+
+``tests/test_plugin_import.py`` checks that nothing else of ppdet changes on import. What this project does
+differently from ppdet on purpose lives in ``ppdet_rtdetr.engine.RTDETRTrainer`` and ``ppdet_rtdetr.cli``.
 ``resolve_device`` is not a patch: the tools call it after the config is loaded.
 """
 import functools
 import inspect
 import types
-from collections.abc import Mapping
 
 import numpy as np
 import paddle
 from PIL import ImageDraw
 
-from ppdet.core import workspace
 from ppdet.engine import trainer as ppdet_trainer
 from ppdet.optimizer import ema as ppdet_ema
 from ppdet.utils.logger import setup_logger
 
 logger = setup_logger(__name__)
 
-__all__ = ['apply', 'resolve_device']
+__all__ = ['BATCH_NORMS', 'apply', 'resolve_device']
+
+# every batch-norm class of Paddle 3 (ppdet's get_bn_running_state_names knows only BatchNorm2D and SyncBatchNorm)
+BATCH_NORMS = (paddle.nn.BatchNorm, paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D, paddle.nn.BatchNorm3D,
+               paddle.nn.SyncBatchNorm)
 
 
 # Pillow 10 removed ImageDraw.textsize, which ppdet 2.6.0's visualizer.draw_bbox calls to size the
@@ -74,36 +82,12 @@ def _full_graph_to_static(to_static):
     return full_graph_to_static
 
 
-_BN_TYPES = (paddle.nn.BatchNorm, paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D,
-             paddle.nn.BatchNorm3D, paddle.nn.SyncBatchNorm)
-
-
-# ppdet 2.6.0's Trainer converts every BatchNorm of the model to SyncBatchNorm when `norm_type: sync_bn`
-# trains on several GPUs. Paddle's SyncBatchNorm has no use_global_stats, so the frozen backbone norms
-# of the RT-DETR recipe (freeze_norm) would normalise with batch statistics and update their stored
-# ones. The Trainer's conversion now leaves layers that use global statistics as they are.
-def _convert_sync_batchnorm_keeping_frozen(layer):
-    """SyncBatchNorm.convert_sync_batchnorm, except for norms with use_global_stats=True (frozen)."""
-    if isinstance(layer, _BN_TYPES):
-        if getattr(layer, '_use_global_stats', None):
-            return layer
-        return paddle.nn.SyncBatchNorm.convert_sync_batchnorm(layer)
-    for name, child in list(layer._sub_layers.items()):
-        layer._sub_layers[name] = _convert_sync_batchnorm_keeping_frozen(child)
-    return layer
-
-
-class _SyncBatchNormKeepingFrozen(paddle.nn.SyncBatchNorm):
-    convert_sync_batchnorm = staticmethod(_convert_sync_batchnorm_keeping_frozen)
-
-
 def _trainer_paddle_view():
-    """What ppdet's trainer module sees as `paddle`: full-graph to_static, frozen-aware sync-BN."""
+    """What ppdet's trainer module sees as `paddle`: Paddle, with a full-graph `jit.to_static`."""
     if isinstance(ppdet_trainer.paddle, _ModuleView):
         return
     jit = _ModuleView(paddle.jit, to_static=_full_graph_to_static(paddle.jit.to_static))
-    nn = _ModuleView(paddle.nn, SyncBatchNorm=_SyncBatchNormKeepingFrozen)
-    ppdet_trainer.paddle = _ModuleView(paddle, jit=jit, nn=nn)
+    ppdet_trainer.paddle = _ModuleView(paddle, jit=jit)
 
 
 # ppdet 2.6.0's ModelEMA(ema_filter_no_grad=True) (the RT-DETR recipe) calls `.append` on its black
@@ -128,7 +112,7 @@ def _ema_init_with_no_grad_filter(ema_init):
         # BatchNorm running statistics are stop_gradient parameters in Paddle but must be averaged;
         # ppdet's get_bn_running_state_names only knows BatchNorm2D and SyncBatchNorm
         bn_state_names = {'{}.{}'.format(prefix, stat)
-                          for prefix, layer in model.named_sublayers() if isinstance(layer, _BN_TYPES)
+                          for prefix, layer in model.named_sublayers() if isinstance(layer, BATCH_NORMS)
                           for stat in ('_mean', '_variance')}
         live_state = model.state_dict()
         for name, param in model.named_parameters():
@@ -142,47 +126,6 @@ def _ema_init_with_no_grad_filter(ema_init):
 def _fix_ema_filter_no_grad():
     if not hasattr(ppdet_ema.ModelEMA.__init__, '__wrapped__'):
         ppdet_ema.ModelEMA.__init__ = _ema_init_with_no_grad_filter(ppdet_ema.ModelEMA.__init__)
-
-
-# ppdet 2.6.0's dict_merge replaces a config value that is an object (a dataset written
-# `TrainDataset: !COCODataSet`) by the mapping merged into it, so `-o TrainDataset.dataset_dir=x`
-# turns the dataset into a plain dict and Trainer fails with "The module TrainDataset is not
-# registered". Merging a mapping into such an object now sets its attributes instead.
-def _merge_into_objects(dict_merge):
-    @functools.wraps(dict_merge)
-    def merge(dct, merge_dct):
-        plain = {}
-        for key, value in merge_dct.items():
-            target = dct.get(key)
-            if isinstance(value, Mapping) and _is_config_object(target):
-                _set_attributes(key, target, value)
-            else:
-                plain[key] = value
-        return dict_merge(dct, plain)
-
-    return merge
-
-
-def _is_config_object(value):
-    return hasattr(value, '__dict__') and not isinstance(value, (dict, type, types.ModuleType))
-
-
-def _set_attributes(key, target, values):
-    for name, value in values.items():
-        if not hasattr(target, name):
-            raise AttributeError('cannot set {}.{}: {} has no attribute {!r}'.format(
-                key, name, type(target).__name__, name))
-        current = getattr(target, name)
-        if isinstance(value, Mapping) and isinstance(current, dict):
-            workspace.dict_merge(current, value)
-        else:
-            setattr(target, name, value)
-
-
-def _fix_merge_into_objects():
-    if not hasattr(workspace.dict_merge, '__wrapped__'):
-        # merge_config and dict_merge's own recursion look the name up in the module at call time
-        workspace.dict_merge = _merge_into_objects(workspace.dict_merge)
 
 
 # ppdet 2.6.0's Trainer.__init__ prints the parameter count (`print_params: true`) with
@@ -220,7 +163,6 @@ def apply():
     _add_pillow_textsize()
     _trainer_paddle_view()
     _fix_ema_filter_no_grad()
-    _fix_merge_into_objects()
 
 
 # ppdet 2.6.0's tools call paddle.set_device('gpu') when the config says `use_gpu: true`, which on a

@@ -25,34 +25,17 @@ import yaml
 from paddle.static import InputSpec
 from ppdet.core.workspace import create, merge_config
 from ppdet.data.source.category import get_categories
-from ppdet.utils.checkpoint import load_weight
 from ppdet.utils.logger import setup_logger
+
+from .engine.checkpoint import load_model_weights
 
 logger = setup_logger(__name__)
 
-__all__ = ['merge_opt_lists', 'resolve_export_size', 'trt_shape_range', 'build_export_model', 'build_infer_cfg',
+__all__ = ['resolve_export_size', 'trt_shape_range', 'build_export_model', 'build_infer_cfg',
            'export_inference_model', 'export_onnx']
 
 # ppdet's TRT_MIN_SUBGRAPH entry for DETR-like architectures (ppdet/engine/export_utils.py)
 ARCH, MIN_SUBGRAPH_SIZE = 'DETR', 3
-
-
-def merge_opt_lists(argv):
-    """Command-line args with every `-o k=v ...` group joined into one, for ppdet's ArgsParser.
-
-    ppdet's `-o` is an argparse nargs='*' option, so a second `-o` silently replaces the first
-    (`-o weights=W -o trt=True` would export random weights).
-    """
-    opts, rest, in_opt = [], [], False
-    for arg in argv:
-        if arg in ('-o', '--opt'):
-            in_opt = True
-        elif in_opt and not arg.startswith('-'):
-            opts.append(arg)
-        else:
-            in_opt = False
-            rest.append(arg)
-    return rest + (['-o'] + opts if opts else [])
 
 
 def resolve_export_size(cfg, image_shape=None):
@@ -126,8 +109,9 @@ def build_export_model(cfg, weights=None):
 
     Call after `resolve_export_size` so that the modules are built with the export `eval_size`.
     Args:
-        weights (str|None): a .pdparams path (with or without the suffix) or URL; None or '' keeps the random
-            initialisation (logged as a warning).
+        weights (str|None): a .pdparams path (with or without the suffix) or URL, read with the safe loader
+            (a pickle that is not only data is refused); None or '' keeps the random initialisation (logged as
+            a warning).
     Returns:
         the architecture (nn.Layer) in eval mode, every `convert_to_deploy()` applied.
     """
@@ -135,7 +119,7 @@ def build_export_model(cfg, weights=None):
         merge_config({'exclude_post_process': True})
     model = create(cfg.architecture)
     if weights:
-        load_weight(model, weights)
+        load_model_weights(model, weights)
     else:
         logger.warning('No weights given: exporting the random initialisation.')
     model.eval()

@@ -22,12 +22,27 @@ __all__ = ['RTDETROptimizerBuilder']
 NORM_LAYERS = (nn.BatchNorm, nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.SyncBatchNorm, nn.LayerNorm,
                nn.GroupNorm)
 RULE_KEYS = ('params', 'norm', 'lr_mult', 'weight_decay')
+# a parameter attribute: (its own ParamAttr factor, the group factor this builder computed for it)
+_OWN_LR = '_rtdetr_own_lr'
 
 
 def _norm_param_names(model):
     return {f'{prefix}.{name}' if prefix else name
             for prefix, layer in model.named_sublayers(include_self=True) if isinstance(layer, NORM_LAYERS)
             for name, _ in layer.named_parameters(include_sublayers=False)}
+
+
+def _own_lr(param):
+    """The parameter's own ParamAttr learning-rate factor.
+
+    Paddle's optimizer writes each group's factor into its parameters' ``optimize_attr``, so after one build that
+    attribute holds the product of the rules, and reading it again would multiply them once more. The builder
+    remembers the factor it read and the one it computed; while the attribute still holds the computed one, the
+    remembered own factor is the answer (any other value was set since, and is taken as the new own factor).
+    """
+    current = param.optimize_attr.get('learning_rate', 1.0)
+    own, computed = getattr(param, _OWN_LR, (None, None))
+    return own if own is not None and current == computed else current
 
 
 def _matches(rule, name, is_norm):
@@ -54,8 +69,8 @@ class RTDETROptimizerBuilder(object):
         ``builder(learning_rate, model)`` returns the optimizer over ``model``'s trainable parameters, one
         group per distinct (learning-rate factor, weight decay), where the factor is the parameter's own
         ``ParamAttr`` learning rate times its rules' ``lr_mult`` (the group's ``learning_rate``, which Paddle
-        multiplies with the scheduled rate). Paddle writes that factor into each parameter, so build one
-        optimizer per model: a second build would multiply the factors again.
+        multiplies with the scheduled rate). Paddle writes that factor into each parameter; building again over
+        the same model gives the same groups (the own factor is remembered, not multiplied twice).
     """
     __category__ = 'optim'
 
@@ -77,11 +92,13 @@ class RTDETROptimizerBuilder(object):
         for name, param in model.named_parameters():
             if not param.trainable:
                 continue
-            lr, decay = param.optimize_attr.get('learning_rate', 1.0), default_decay
+            own = _own_lr(param)
+            lr, decay = own, default_decay
             for rule in self.param_groups.values():
                 if _matches(rule, name, name in norm_names):
                     lr *= rule.get('lr_mult', 1.0)
                     decay = rule.get('weight_decay', decay)
+            setattr(param, _OWN_LR, (own, lr))
             groups.setdefault((lr, decay), []).append((name, param))
         return [(lr, decay, params) for (lr, decay), params in groups.items()]
 

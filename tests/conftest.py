@@ -15,7 +15,8 @@ _REGISTRY = None
 
 def fresh_config(path, **overrides):
     """Load a config into a clean ppdet workspace (ppdet merges every load into one global dict, so keys of
-    an earlier config would leak into the next one), then merge top-level overrides."""
+    an earlier config would leak into the next one), then merge top-level overrides as `-o` does
+    (``ppdet_rtdetr.cli.apply_overrides``: a mapping sets a dataset object's attributes)."""
     global _REGISTRY
     import copy
 
@@ -26,9 +27,9 @@ def fresh_config(path, **overrides):
         _REGISTRY = {k: copy.copy(v) for k, v in workspace.global_config.items()}
     workspace.global_config.clear()
     workspace.global_config.update({k: copy.copy(v) for k, v in _REGISTRY.items()})
-    cfg = workspace.load_config(path)
-    if overrides:
-        workspace.merge_config(overrides)
+    from ppdet_rtdetr.cli import apply_overrides
+    cfg = ppdet_rtdetr.load_config(path)  # our loader: official RT-DETR configs are translated
+    apply_overrides(overrides)
     return cfg
 
 

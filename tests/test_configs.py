@@ -10,8 +10,6 @@ LEAVES = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.yml'
                 if '_base_' not in p and os.sep + 'datasets' + os.sep not in p and not p.endswith('runtime.yml'))
 
 
-
-
 def _diff(got, want):
     missing = sorted(set(want) - set(got))[:5]
     unexpected = sorted(set(got) - set(want))[:5]
@@ -51,7 +49,21 @@ def test_config_builds_on_cpu(path):
     assert cfg['architecture'] == 'RTDETRDetector', f'{path}: architecture {cfg["architecture"]}'
     from ppdet.core.workspace import create
     model = create(cfg.architecture)
-    assert len(model.state_dict()) > 100
+    # the config's values reach the modules that use them
+    transformer, dec = model.transformer, cfg['RTDETRDeformableTransformer']
+    got = (transformer.num_classes, model.post_process.num_classes, transformer.hidden_dim,
+           len(transformer.decoder.layers), transformer.num_queries)
+    want = (cfg.num_classes, cfg.num_classes, cfg.hidden_dim, dec['num_decoder_layers'], dec['num_queries'])
+    assert got == want, f'{path}: (num_classes x2, hidden_dim, decoder layers, queries) {got}, config {want}'
+    assert tuple(transformer.dec_score_head[0].weight.shape) == (cfg.hidden_dim, cfg.num_classes)
+
+
+def test_no_config_sets_find_unused_parameters():
+    # every rank builds the same graph by design (empty-GT batches keep every loss connected), so
+    # Paddle's DataParallel needs no unused-parameter search (it costs a graph traversal per step)
+    every_yml = glob.glob(os.path.join(ROOT, 'configs', '**', '*.yml'), recursive=True)
+    setting = [os.path.relpath(p, ROOT) for p in every_yml if 'find_unused_parameters' in open(p).read()]
+    assert len(every_yml) > len(LEAVES) and not setting, f'configs setting find_unused_parameters: {setting}'
 
 
 @pytest.mark.parametrize('config, ref', [('rtdetr_r18vd_6x_coco.yml', 'rtdetr_r18vd_keys.txt'),
@@ -125,3 +137,12 @@ def test_other_ppdet_backbones_train_a_step(config):
     losses['loss'].backward()
     first = [p for p in model.backbone.parameters() if not p.stop_gradient][-1]
     assert first.grad is not None and float(first.grad.abs().sum()) > 0, 'no gradient reaches the backbone'
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'use_focal_loss': False}, r'use_focal_loss=False \(softmax'),
+    ({'RTDETRDeformableTransformer': {'query_select_method': 'best'}}, r"query_select_method 'best' is not one of"),
+], ids=['softmax scores', 'query selection'])
+def test_an_unsupported_option_in_a_config_refuses_at_construction(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_from_config(os.path.join(ROOT, 'configs', 'tests', 'rtdetr_tiny.yml'), **overrides)

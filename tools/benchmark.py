@@ -99,7 +99,7 @@ def prepare(args, work_dir):
     import paddle
     import ppdet_rtdetr  # noqa: F401  (registers modules)
     from ppdet.core.workspace import create, load_config, merge_config
-    from ppdet.utils.checkpoint import load_weight
+    from ppdet_rtdetr.engine.checkpoint import load_model_weights
     from ppdet_rtdetr.export import build_export_model, export_inference_model, export_onnx, resolve_export_size
 
     cfg = load_config(args.config)
@@ -109,7 +109,7 @@ def prepare(args, work_dir):
     model = create(cfg.architecture)
     # speed does not depend on the values: the config's default `weights` (a training output) is not needed
     if args.opt.get('weights'):
-        load_weight(model, args.opt['weights'])
+        load_model_weights(model, args.opt['weights'])
     weights = os.path.join(work_dir, 'weights.pdparams')
     paddle.save(model.state_dict(), weights)  # unfused: the dygraph worker loads it into a fresh model
     inputs = {'image': paddle.rand([1, 3, h, w]), 'im_shape': paddle.to_tensor([[h, w]], 'float32'),
@@ -147,13 +147,13 @@ def _dygraph_runner(args, inputs):
     import paddle
     import ppdet_rtdetr  # noqa: F401  (registers modules)
     from ppdet.core.workspace import create, load_config, merge_config
-    from ppdet.utils.checkpoint import load_weight
+    from ppdet_rtdetr.engine.checkpoint import load_model_weights
     paddle.base.core.set_num_threads(args.cpu_threads)
     cfg = load_config(args.config)
     merge_config(args.opt)
     merge_config({'eval_size': list(args.image_shape[1:])})
     model = create(cfg.architecture)
-    load_weight(model, args.weights)
+    load_model_weights(model, args.weights)
     model.eval()
     x = {k: paddle.to_tensor(v) for k, v in inputs.items()}
 
@@ -330,7 +330,7 @@ def _stage_fractions(stages_ms, by_part, gemm, batch):
 
 def parse_args(argv=None):
     from ppdet.utils.cli import ArgsParser
-    from ppdet_rtdetr.export import merge_opt_lists
+    from ppdet_rtdetr.cli import merge_opt_lists
     parser = ArgsParser()
     parser.add_argument('--image_shape', nargs=3, type=int, default=None, metavar=('C', 'H', 'W'))
     parser.add_argument('--engines', nargs='+', default=list(ENGINES), choices=ENGINES)

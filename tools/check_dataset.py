@@ -1,23 +1,22 @@
 """Check a COCO-format dataset before training, so bad entries show up now and not at iteration 5,000.
 
     python tools/check_dataset.py --ann annotations/train.json --image_dir images/train [--num_classes 80]
-    python tools/check_dataset.py -c configs/rtdetr/rtdetr_r50vd_6x_coco.yml
+    python tools/check_dataset.py -c configs/rtdetr/rtdetr_r50vd_6x_coco.yml [-o TrainDataset.dataset_dir=D ...]
 
 Prints one report per dataset (with -c: TrainDataset and EvalDataset) and exits 1 when any has errors,
 0 otherwise. Warnings name entries that training would skip or repair.
 """
-import argparse
 import os
 import sys
 
 import ppdet_rtdetr  # noqa: F401  (registers modules, so configs naming them load)
+from ppdet_rtdetr.cli import ToolArgsParser, apply_overrides
+from ppdet_rtdetr.config import load_config
 from ppdet_rtdetr.data.check import DatasetError, check_coco
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-c', '--config', help='ppdet config; checks its TrainDataset and EvalDataset')
+    parser = ToolArgsParser(__doc__, require_config=False)  # -c: checks the config's TrainDataset and EvalDataset
     parser.add_argument('--ann', help='COCO annotation JSON')
     parser.add_argument('--image_dir', help='directory that images[].file_name is relative to')
     parser.add_argument('--num_classes', type=int, help='expected number of categories (overrides -c)')
@@ -29,10 +28,10 @@ def _parse(argv):
     return args
 
 
-def _jobs_from_config(path, num_classes):
+def _jobs_from_config(path, overrides, num_classes):
     """(name, ann_file, image_dir, num_classes, skip_empty) for each COCO dataset of a ppdet config."""
-    from ppdet.core.workspace import load_config
     cfg = load_config(path)
+    apply_overrides(overrides)
     num_classes = cfg.get('num_classes') if num_classes is None else num_classes
     jobs = []
     for name in ('TrainDataset', 'EvalDataset'):
@@ -51,7 +50,7 @@ def _jobs_from_config(path, num_classes):
 def main(argv=None):
     args = _parse(argv)
     if args.config:
-        jobs = _jobs_from_config(args.config, args.num_classes)
+        jobs = _jobs_from_config(args.config, args.opt, args.num_classes)
     else:
         jobs = [('Dataset', args.ann, args.image_dir, args.num_classes, False)]
     status = 0

@@ -5,15 +5,15 @@
 """
 import ppdet_rtdetr  # noqa: F401  (registers modules)
 from ppdet.core.workspace import create
-from ppdet.engine import Trainer, init_parallel_env
+from ppdet.engine import init_parallel_env
 from ppdet.metrics.coco_utils import json_eval_results
-from ppdet.utils.cli import ArgsParser
 
-from ppdet_rtdetr.cli import load_tool_config
+from ppdet_rtdetr.cli import ToolArgsParser, load_tool_config
+from ppdet_rtdetr.engine import RTDETRTrainer, safe_load
 
 
 def parse_args(argv=None):
-    parser = ArgsParser()
+    parser = ToolArgsParser(__doc__)
     parser.add_argument('--output_eval', default=None,
                         help='directory for the prediction JSON (default: current directory)')
     parser.add_argument('--json_eval', action='store_true',
@@ -24,6 +24,7 @@ def parse_args(argv=None):
                         help='save predictions without computing the metric')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (ppdet enables it on GPU/NPU/MLU only)')
+    safe_load.add_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -36,7 +37,7 @@ def main(argv=None):
                           dataset=create('EvalDataset')())
         return
     init_parallel_env()
-    trainer = Trainer(cfg, mode='eval')
+    trainer = RTDETRTrainer(cfg, mode='eval')
     trainer.load_weights(cfg.weights)
     trainer.evaluate()
 

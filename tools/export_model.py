@@ -15,20 +15,17 @@ test size). The batch is always dynamic.
 RepVGG blocks are always fused; `trt=True` writes TensorRT-friendly activations.
 """
 import os
-import sys
 
 import ppdet_rtdetr  # noqa: F401  (registers modules)
-from ppdet.core.workspace import merge_config
-from ppdet.utils.cli import ArgsParser
-
+from ppdet_rtdetr.cli import ToolArgsParser, apply_overrides
 from ppdet_rtdetr.compat import resolve_device
 from ppdet_rtdetr.config import load_config
-from ppdet_rtdetr.export import (build_export_model, export_inference_model, export_onnx, merge_opt_lists,
-                                 resolve_export_size)
+from ppdet_rtdetr.engine import safe_load
+from ppdet_rtdetr.export import build_export_model, export_inference_model, export_onnx, resolve_export_size
 
 
 def parse_args(argv=None):
-    parser = ArgsParser()
+    parser = ToolArgsParser(__doc__)
     parser.add_argument('--output_dir', default='output_inference', help='parent of the exported folder')
     parser.add_argument('--image_shape', nargs=3, type=int, default=None, metavar=('C', 'H', 'W'),
                         help='input size to bake (default: eval_size of the config); -1: dynamic axis')
@@ -37,13 +34,16 @@ def parse_args(argv=None):
     parser.add_argument('--trt_max_size', nargs=2, type=int, default=None, metavar=('H', 'W'),
                         help='largest input of a dynamic export\'s TensorRT range (infer_cfg.yml)')
     parser.add_argument('--onnx', action='store_true', help='also write model.onnx (paddle2onnx, opset 16)')
-    return parser.parse_args(merge_opt_lists(sys.argv[1:] if argv is None else argv))
+    safe_load.add_flag(parser)
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config)
-    merge_config(args.opt)
+    apply_overrides(args.opt)
+    if getattr(args, safe_load.CONFIG_KEY, False):
+        cfg[safe_load.CONFIG_KEY] = True
     # export traces on the CPU whatever the config says; the exported model runs on any device
     cfg['use_gpu'] = False
     resolve_device(cfg)

@@ -11,11 +11,10 @@ import glob
 import os
 
 import ppdet_rtdetr  # noqa: F401  (registers modules)
-from ppdet.engine import Trainer
-from ppdet.utils.cli import ArgsParser
 from ppdet.utils.logger import setup_logger
 
-from ppdet_rtdetr.cli import load_tool_config, str2bool
+from ppdet_rtdetr.cli import ToolArgsParser, load_tool_config, str2bool
+from ppdet_rtdetr.engine import RTDETRTrainer, safe_load
 
 logger = setup_logger('infer')
 
@@ -23,7 +22,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 
 
 def parse_args(argv=None):
-    parser = ArgsParser()
+    parser = ToolArgsParser(__doc__)
     parser.add_argument('--infer_img', default=None, help='one image (wins over --infer_dir)')
     parser.add_argument('--infer_dir', default=None, help='a directory of images')
     parser.add_argument('--output_dir', default='output', help='where drawn images are written')
@@ -37,6 +36,7 @@ def parse_args(argv=None):
     parser.add_argument('--use_vdl', type=str2bool, nargs='?', const=True, default=False,
                         help='log drawn images to VisualDL')
     parser.add_argument('--vdl_log_dir', default='vdl_log_dir/image', help='VisualDL log dir')
+    safe_load.add_flag(parser)
     args = parser.parse_args(argv)
     if args.infer_img is None and args.infer_dir is None:
         parser.error('one of --infer_img or --infer_dir is required')
@@ -68,7 +68,7 @@ def main(argv=None):
     images = find_images(args.infer_img, args.infer_dir)  # before the slow model build
     cfg, _ = load_tool_config(args, mode='test')
 
-    trainer = Trainer(cfg, mode='test')
+    trainer = RTDETRTrainer(cfg, mode='test')
     trainer.load_weights(cfg.weights)
     trainer.predict(images, draw_threshold=args.draw_threshold, output_dir=args.output_dir,
                     save_results=args.save_results, visualize=args.visualize)

@@ -11,9 +11,15 @@ dataset's epoch inside a worker would therefore lag one epoch. So the schedule i
   epoch it sets that epoch on its ``BeforeStopEpoch`` gates and only then starts the epoch's workers,
   which inherit the gates' state.
 
+The reader relies on private attributes of ppdet 2.6.0 (``BaseDataLoader._sample_transforms`` /
+``_batch_transforms`` / ``dataloader`` / ``loader``, ``Compose.transforms_cls``, ``DetDataset._epoch``); each
+is checked once, where the reader first needs it, and a ppdet without it stops with an error that names the
+attribute and the installed ppdet version.
+
 The config selects the reader with ``TrainReader: !Delegate {to: RTDETRTrainReader}`` (see
 ``ppdet_rtdetr.delegate``), so a leaf changes the schedule with one line: ``RTDETRTrainReader: {stop_epoch: 117}``.
 """
+import ppdet
 from ppdet.core.workspace import register
 from ppdet.data.reader import TrainReader
 from ppdet.utils.logger import setup_logger
@@ -23,6 +29,15 @@ from .transforms import build_transforms, register_transform
 logger = setup_logger(__name__)
 
 __all__ = ['BeforeStopEpoch', 'RTDETRTrainReader']
+
+
+def _private(obj, name, owner):
+    """`obj.name`, a private ppdet 2.6.0 attribute, or an error naming it and the installed ppdet version."""
+    if not hasattr(obj, name):
+        raise RuntimeError(f"RTDETRTrainReader (the stop-epoch schedule) reads ppdet's private attribute "
+                           f"{owner}.{name}, written against ppdet 2.6.0, but the installed ppdet "
+                           f"{ppdet.__version__} has no such attribute")
+    return getattr(obj, name)
 
 
 @register_transform
@@ -76,7 +91,8 @@ class RTDETRTrainReader(TrainReader):
         super().__init__(sample_transforms, batch_transforms, batch_size, shuffle, drop_last, num_classes,
                          collate_batch, **kwargs)
         self.stop_epoch = stop_epoch
-        self._ops = self._sample_transforms.transforms_cls + self._batch_transforms.transforms_cls
+        self._ops = [op for compose in ('_sample_transforms', '_batch_transforms')
+                     for op in _private(_private(self, compose, 'BaseDataLoader'), 'transforms_cls', 'Compose')]
         self._loader_epoch = None
         self.set_epoch(0)
 
@@ -101,12 +117,15 @@ class RTDETRTrainReader(TrainReader):
 
     def __call__(self, dataset, worker_num, batch_sampler=None, return_list=False):
         # ppdet 2.6.0's DetDataset keeps the epoch of Trainer's set_epoch only in `_epoch`
-        self._loader_epoch = getattr(dataset, '_epoch', 0)
+        self._loader_epoch = _private(dataset, '_epoch', 'DetDataset')
         self.set_epoch(self._loader_epoch)
-        return super().__call__(dataset, worker_num, batch_sampler, return_list)
+        out = super().__call__(dataset, worker_num, batch_sampler, return_list)
+        for name in ('dataloader', 'loader'):
+            _private(self, name, 'BaseDataLoader')
+        return out
 
     def __iter__(self):
-        epoch = getattr(self.dataset, '_epoch', 0)
+        epoch = self.dataset._epoch  # checked in __call__
         if self.loader is None or epoch != self._loader_epoch:
             self.set_epoch(epoch)
             self.loader = iter(self.dataloader)  # the workers start here, with the gates at `epoch`

@@ -1,5 +1,8 @@
 """Crash-safe checkpoints: atomic writes, and resuming from the newest complete checkpoint.
 
+What ``RTDETRTrainer`` (``ppdet_rtdetr.engine.trainer``) saves and resumes with; ppdet's own Trainer is left
+as it is.
+
 ppdet 2.6.0's ``save_model`` writes ``<name>.pdparams`` (+ ``.pdema``) and ``<name>.pdopt`` in place: a
 run killed while saving (preemption, out of disk, OOM killer) leaves truncated files under the final name,
 and ``--resume`` then fails to unpickle them or, when ``.pdopt`` is missing, silently restarts at epoch 0.
@@ -10,23 +13,42 @@ same folder, fsyncs them, and only then renames them into place with ``os.replac
 complete when its ``.pdopt`` is there. A crash before the renames leaves the previous checkpoints as they
 were (plus a hidden ``.<name>.*.tmp`` file, which nothing reads).
 
-``resume_path`` is what ``Trainer.resume_weights`` resolves ``--resume`` with: a checkpoint path, or a
-folder, meaning the newest complete checkpoint in it.
+``resume_path`` is what ``RTDETRTrainer.resume_weights`` resolves ``--resume`` with: a checkpoint path, or a
+folder, meaning the newest complete checkpoint in it; ``load_checkpoint`` then reads it. Every weights file
+the trainer reads (here and in ``pretrain``) goes through ``read_state``, the one place that unpickles, with
+``safe_load.load``: a pickle that is not only data is refused before anything of it runs.
 """
 import os
 import uuid
 
 import paddle
+import paddle.distributed as dist
 
+from ppdet.engine.callbacks import Checkpointer
+from ppdet.utils.checkpoint import is_url
+from ppdet.utils.download import get_weights_path
 from ppdet.utils.logger import setup_logger
+
+from . import safe_load
 
 logger = setup_logger(__name__)
 
-__all__ = ['IncompleteCheckpointError', 'resume_path', 'save_atomic', 'save_model']
+__all__ = ['IncompleteCheckpointError', 'AtomicCheckpointer', 'load_checkpoint', 'load_model_weights', 'read_state',
+           'resume_path', 'save_atomic', 'save_model']
 
 
 class IncompleteCheckpointError(FileNotFoundError):
     """--resume names a checkpoint without its optimizer state, or a folder without any checkpoint."""
+
+
+def read_state(path):
+    """The object saved in ``path`` (a ``.pdparams`` / ``.pdopt`` / ``.pdema`` file): the one weights reader.
+
+    ``safe_load.load``: what ``paddle.load`` gives for a genuine file; a pickle that names anything but data
+    (``os.system``, ...) raises ``safe_load.UnsafeWeightsError`` naming the file and the global, nothing of it
+    run (``allow_unsafe_weights: true`` hands a trusted file to ``paddle.load``, with a warning).
+    """
+    return safe_load.load(path)
 
 
 def _write_temp(obj, path):
@@ -138,3 +160,117 @@ def resume_path(path):
                                         'from its folder to take the newest complete checkpoint.'.format(
                                             path, ' and '.join(stem + s for s in absent)))
     return stem
+
+
+def load_checkpoint(model, path, optimizer, ema=None):
+    """Restores a training checkpoint written by ``save_model``, as ppdet's ``load_weight`` does for resuming.
+
+    Args:
+        model (paddle.nn.Layer): every one of its state-dict keys must be in the checkpoint.
+        path (str): checkpoint path without suffix (``resume_path`` gives it).
+        optimizer (paddle.optimizer.Optimizer): gets ``<path>.pdopt`` (keys it lacks keep their values).
+        ema (ppdet.optimizer.ModelEMA|None): with a ``<path>.pdema``, the EMA weights are ``.pdparams`` and the
+            model's are ``.pdema`` (``save_model`` exchanges them); the EMA step is the scheduler's step.
+    Returns:
+        int: the number of finished epochs (``last_epoch`` of the ``.pdopt``), where training continues.
+    Raises:
+        KeyError: naming the model keys the checkpoint lacks (another architecture or config).
+    """
+    ema_state = None
+    if ema is not None and os.path.exists(path + '.pdema'):
+        ema_state, model_state = read_state(path + '.pdparams'), read_state(path + '.pdema')
+    else:
+        model_state = read_state(path + '.pdparams')
+    own = model.state_dict()
+    missing = [key for key in own if key not in model_state]
+    if missing:
+        raise KeyError('--resume {}: the checkpoint lacks {} of the model\'s {} weights ({}{}): it was not '
+                       'written for this config'.format(path, len(missing), len(own), ', '.join(missing[:5]),
+                                                        ', ...' if len(missing) > 5 else ''))
+    model.set_dict({key: _as_dtype(model_state[key], value.dtype) for key, value in own.items()})
+    logger.info('Finish resuming model weights: {}'.format(path + '.pdparams'))
+
+    optimizer_state = read_state(path + '.pdopt')
+    last_epoch = optimizer_state.pop('last_epoch', 0)
+    current = optimizer.state_dict()
+    optimizer.set_state_dict(dict(current, **optimizer_state))
+    if ema_state is not None:
+        ema.resume(ema_state, optimizer_state['LR_Scheduler']['last_epoch'])
+    return last_epoch
+
+
+def _as_dtype(value, dtype):
+    value = paddle.to_tensor(value) if not isinstance(value, paddle.Tensor) else value
+    return value if value.dtype == dtype else value.astype(dtype)
+
+
+def load_model_weights(model, weights):
+    """Fills every weight of ``model`` from a ``.pdparams``, as ppdet's ``load_weight`` does for export.
+
+    Args:
+        model (paddle.nn.Layer): every one of its state-dict keys must be in the file.
+        weights (str): a ``.pdparams`` path with or without the suffix, or a ppdet URL (downloaded).
+    Raises:
+        FileNotFoundError: no such ``.pdparams``.
+        KeyError: naming the model keys the file lacks.
+        safe_load.UnsafeWeightsError: the file's pickle is not only data (see ``read_state``).
+    """
+    if is_url(weights):
+        weights = get_weights_path(weights)
+    stem, ext = os.path.splitext(weights)
+    path = (stem if ext in ('.pdparams', '.pdopt', '.pdema') else weights) + '.pdparams'
+    if not os.path.isfile(path):
+        raise FileNotFoundError('weights {}: {} does not exist'.format(weights, path))
+    state = read_state(path)
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    if missing:
+        raise KeyError('weights {}: the file lacks {} of the model\'s {} weights ({}{}): it was not written for '
+                       'this config'.format(path, len(missing), len(own), ', '.join(missing[:5]),
+                                            ', ...' if len(missing) > 5 else ''))
+    model.set_dict({key: _as_dtype(state[key], value.dtype) for key, value in own.items()})
+    logger.info('Loaded the model weights from {}'.format(path))
+
+
+class AtomicCheckpointer(Checkpointer):
+    """ppdet's ``Checkpointer`` callback whose saves go through ``save_model`` above.
+
+    Saves what ppdet's saves for a detector: ``<epoch>`` every ``snapshot_epoch`` epochs, ``model_final``
+    after the last one, and ``best_model`` when an evaluation (``--eval``) reaches the best bbox AP so far.
+    With EMA the EMA weights are the ``.pdparams`` (the Trainer has swapped them into the model at epoch
+    end) and the trained ones the ``.pdema``.
+    """
+
+    def on_epoch_end(self, status):
+        if dist.get_world_size() > 1 and dist.get_rank() != 0:
+            return
+        save_name = self._save_name(status)
+        if save_name is None:
+            return
+        weight = self.weight.state_dict()
+        if self.model.use_ema:
+            save_model(status['weight'], self.model.optimizer, self.save_dir, save_name, status['epoch_id'] + 1,
+                       ema_model=weight)
+        else:
+            save_model(weight, self.model.optimizer, self.save_dir, save_name, status['epoch_id'] + 1)
+
+    def _save_name(self, status):
+        cfg, epoch = self.model.cfg, status['epoch_id']
+        if status['mode'] == 'train':
+            if epoch == cfg.epoch - 1:
+                return 'model_final'
+            return str(epoch) if (epoch + 1) % cfg.snapshot_epoch == 0 else None
+        if status['mode'] != 'eval' or not status.get('save_best_model'):
+            return None
+        save_name = None
+        for metric in self.model._metrics:
+            results = metric.get_results()
+            if 'bbox' not in results:
+                logger.warning('Evaluation results empty, this may be due to training iterations being too '
+                               'few or not loading the correct weights.')
+                return None
+            if results['bbox'][0] >= self.best_ap:
+                self.best_ap = results['bbox'][0]
+                save_name = 'best_model'
+            logger.info('Best test bbox ap is {:0.3f}.'.format(abs(self.best_ap)))
+        return save_name

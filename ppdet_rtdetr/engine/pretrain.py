@@ -12,7 +12,9 @@ content when nothing matches at all: a checkpoint of another architecture trains
   used. A full detector checkpoint passes the first test, an ImageNet backbone checkpoint (which fills
   only the backbone) the second; a checkpoint of another network passes neither.
 
-``ppdet_rtdetr.engine`` installs it as the function ppdet's ``Trainer.load_weights`` calls.
+``RTDETRTrainer.load_weights`` (``pretrain_weights`` in training, ``weights`` in eval / infer) calls it; ppdet's
+own Trainer keeps ppdet's loader. The file is read with ``checkpoint.read_state`` (``safe_load``: a pickle
+that is not only data is refused before anything of it runs).
 """
 import collections
 import os
@@ -23,6 +25,8 @@ import paddle
 from ppdet.utils.checkpoint import is_url
 from ppdet.utils.download import get_weights_path
 from ppdet.utils.logger import setup_logger
+
+from .checkpoint import read_state
 
 logger = setup_logger(__name__)
 
@@ -111,9 +115,10 @@ def load_pretrain_weight(model, pretrain_weight):
     Raises:
         WeightsMismatchError: if the file does not fit (see the module docstring).
         ValueError: if the file does not exist.
+        safe_load.UnsafeWeightsError: if the file's pickle is not only data (see ``checkpoint.read_state``).
     """
     weights_path = _resolve(pretrain_weight)
-    file_state = {k: v for k, v in paddle.load(weights_path).items() if hasattr(v, 'shape')}
+    file_state = {k: v for k, v in read_state(weights_path).items() if hasattr(v, 'shape')}
     model_state = model.state_dict()
     pairs = match_names(model_state, file_state)
     loaded, reshaped = {}, []

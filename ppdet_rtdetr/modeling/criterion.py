@@ -75,6 +75,10 @@ class RTDETRCriterion(object):
         dn_out_logits (Tensor|None): [n_dec, b, n_dn, k].
         dn_meta (dict|None): 'dn_positive_idx' (b int64 tensors [n_i * dn_num_group] of positive
             denoising query indices, group-major) and 'dn_num_group' (int).
+        enc_agnostic (tuple|None): (boxes [b, n, 4], logits [b, n, 1]) of a class-agnostic encoder top-k
+            (``query_select_method: agnostic``), given instead of a first entry of ``boxes`` / ``logits``.
+            As in RT-DETRv2, its one score is trained as a single class that every gt belongs to; the match
+            uses that class too. Its losses are added to the ``*_aux`` sums, as the encoder's are otherwise.
 
     Returns:
         dict[str, Tensor]: scalar (shape []) losses, already weighted by ``loss_coeff`` and
@@ -173,6 +177,14 @@ class RTDETRCriterion(object):
         loss_bbox, loss_giou = self._box_losses(boxes, src_boxes, tgt_boxes, num_gts)
         return loss_class, loss_bbox, loss_giou
 
+    def _agnostic_encoder_losses(self, boxes, logits, gt_bbox, gt_class, num_gts):
+        """(class, bbox, giou) of a class-agnostic prediction set: boxes [b, n, 4], logits [b, n, 1]."""
+        # every gt is class 0 of the single score. The authors' code matches with the real classes, which
+        # index past a 1-column score for any class > 0; the class-free gt is what their loss uses.
+        gt_class = [paddle.zeros_like(c) for c in gt_class]
+        indices = self.matcher(boxes, logits, gt_bbox, gt_class)
+        return self._single_losses(boxes, logits, gt_bbox, gt_class, indices, num_gts)
+
     def _set_losses(self, boxes, logits, gt_bbox, gt_class, num_gts, suffix, fixed_indices=None):
         """Main (last) and summed aux (the others) losses of a stack [n, b, q, .] of predictions."""
         losses = {}
@@ -202,9 +214,14 @@ class RTDETRCriterion(object):
                  gt_class,
                  dn_out_bboxes=None,
                  dn_out_logits=None,
-                 dn_meta=None):
+                 dn_meta=None,
+                 enc_agnostic=None):
         num_gts = mean_num_gts(gt_bbox).astype(logits.dtype)
         losses = self._set_losses(boxes, logits, gt_bbox, gt_class, num_gts, suffix='')
+        if enc_agnostic is not None and self.aux_loss:
+            enc = self._agnostic_encoder_losses(*enc_agnostic, gt_bbox, gt_class, num_gts)
+            for name, value in zip(_LOSS_NAMES, enc):
+                losses[f'loss_{name}_aux'] = losses[f'loss_{name}_aux'] + value
         if dn_meta is None:
             for name in _LOSS_NAMES:
                 losses[f'loss_{name}_dn'] = paddle.zeros([], dtype=boxes.dtype)

@@ -77,8 +77,9 @@ class TransformerDecoder(nn.Layer):
         layer_cfg (dict): `TransformerDecoderLayer` options.
     """
 
-    def __init__(self, num_layers, eval_idx=-1, **layer_cfg):
+    def __init__(self, num_layers, eval_idx=-1, query_pos_head_inv_sig=False, **layer_cfg):
         super().__init__()
+        self.query_pos_head_inv_sig = query_pos_head_inv_sig  # query_pos_head reads logit-space boxes
         self.layers = nn.LayerList([TransformerDecoderLayer(**layer_cfg) for _ in range(num_layers)])
         self.num_layers = num_layers
         self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
@@ -94,7 +95,8 @@ class TransformerDecoder(nn.Layer):
         ref_points_detach = F.sigmoid(ref_points_unact)
         ref_points = ref_points_detach
         for i, layer in enumerate(self.layers):
-            query_pos_embed = query_pos_head(ref_points_detach)
+            query_pos_embed = query_pos_head(
+                inverse_sigmoid(ref_points_detach) if self.query_pos_head_inv_sig else ref_points_detach)
             # [b, q, 4] -> [b, q, 1, 4]: one reference box shared by all levels
             output = layer(output, ref_points_detach.unsqueeze(2), memory, spatial_shapes, attn_mask,
                            query_pos_embed)

@@ -15,7 +15,9 @@ class RTDETRHead(nn.Layer):
 
     forward(out_transformer, body_feats, inputs=None):
         training: splits the denoising queries off the decoder outputs, stacks the encoder top-k prediction
-        in front of the decoder layers and returns the criterion's loss dict;
+        in front of the decoder layers and returns the criterion's loss dict. With class-agnostic query
+        selection the encoder scores are [b, n, 1], not [b, n, k]: they cannot join the stack and go to the
+        criterion on their own (`enc_agnostic`), which scores them against class-free gt;
         eval: returns (boxes [b, n, 4] sigmoid cxcywh, logits [b, n, k], None) of the eval decoder layer.
     """
     __inject__ = ['loss']
@@ -33,6 +35,10 @@ class RTDETRHead(nn.Layer):
             # [n_dec, b, num_dn + n, .] -> denoising part, matching part
             dn_bboxes, dec_bboxes = paddle.split(dec_bboxes, dn_meta['dn_num_split'], axis=2)
             dn_logits, dec_logits = paddle.split(dec_logits, dn_meta['dn_num_split'], axis=2)
+        if enc_topk_logits.shape[-1] != dec_logits.shape[-1]:
+            # agnostic query selection (with k = 1 the stack below computes the same losses)
+            return self.loss(dec_bboxes, dec_logits, inputs['gt_bbox'], inputs['gt_class'], dn_out_bboxes=dn_bboxes,
+                             dn_out_logits=dn_logits, dn_meta=dn_meta, enc_agnostic=(enc_topk_bboxes, enc_topk_logits))
         # [n_dec, b, n, .] -> [1 + n_dec, b, n, .]: encoder top-k first, the last decoder layer last
         boxes = paddle.concat([enc_topk_bboxes.unsqueeze(0), dec_bboxes])
         logits = paddle.concat([enc_topk_logits.unsqueeze(0), dec_logits])

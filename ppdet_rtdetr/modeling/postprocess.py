@@ -15,7 +15,9 @@ class RTDETRPostProcess(object):
     Args:
         num_classes (int): k.
         num_top_queries (int): detections kept per image, K (<= n * k).
-        use_focal_loss (bool): sigmoid scores (True) or softmax with a background class (False).
+        use_focal_loss (bool): must be True: the score heads give k per-class sigmoid logits. False (softmax
+            over a background column) is refused at construction: these logits have no background column, and
+            the official softmax branch drops the last real class instead (and the criterion refuses it too).
 
     __call__(head_out, im_shape [b, 2] (h, w) of the network input, scale_factor [b, 2] (h, w) network /
     original) -> (bbox [b*K, 6] float32 rows (class index, score, x1, y1, x2, y2) in original-image pixels,
@@ -25,6 +27,10 @@ class RTDETRPostProcess(object):
     __shared__ = ['num_classes', 'use_focal_loss']
 
     def __init__(self, num_classes=80, num_top_queries=300, use_focal_loss=True):
+        if not use_focal_loss:
+            raise ValueError(f'RTDETRPostProcess: use_focal_loss={use_focal_loss} (softmax scores with a background '
+                             f'class) is not supported: RT-DETR has {num_classes} sigmoid class scores and no '
+                             f'background column; set use_focal_loss: true')
         self.num_classes = num_classes
         self.num_top_queries = num_top_queries
         self.use_focal_loss = use_focal_loss
@@ -36,10 +42,7 @@ class RTDETRPostProcess(object):
         # [b, 2] (h, w) -> [b, 1, 4] (w, h, w, h)
         scale = paddle.concat([origin_hw[:, 1:2], origin_hw[:, 0:1]] * 2, axis=-1).unsqueeze(1)
         boxes = cxcywh_to_xyxy(boxes) * scale  # [b, n, 4]
-        if self.use_focal_loss:
-            scores = F.sigmoid(logits)
-        else:
-            scores = F.softmax(logits)[:, :, :-1]
+        scores = F.sigmoid(logits)
         k = scores.shape[-1]
         # [b, n, k] -> [b, n*k] -> top K: query = index // k, class = index % k
         scores, index = paddle.topk(scores.flatten(1), self.num_top_queries, axis=-1)

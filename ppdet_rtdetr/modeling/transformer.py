@@ -51,6 +51,8 @@ class RTDETRDeformableTransformer(nn.Layer):
         offset_scale (float): deformable offset scale (0.5).
         query_select_method (str): 'default' (top-k of the max class score), 'one2many' (top-k over
             queries x classes), 'agnostic' (a single class-agnostic score).
+        query_pos_head_inv_sig (bool): the query position head reads the reference boxes in logit space
+            (inverse sigmoid) instead of sigmoid space (the official FocalNet-L RT-DETR sets it).
 
     forward(feats list of [b, c, h_i, w_i], pad_mask=None, gt_meta=None (inputs dict with gt_class / gt_bbox
     lists in training)) -> (dec_bboxes [n_dec, b, num_dn + n, 4] sigmoid cxcywh, dec_logits [n_dec, b, num_dn + n, k],
@@ -63,7 +65,8 @@ class RTDETRDeformableTransformer(nn.Layer):
                  feat_strides=[8, 16, 32], num_levels=3, num_decoder_points=4, nhead=8, num_decoder_layers=6,
                  dim_feedforward=1024, dropout=0., activation='relu', num_denoising=100, label_noise_ratio=0.5,
                  box_noise_scale=1.0, learnt_init_query=False, eval_size=None, eval_idx=-1, eps=1e-2,
-                 cross_attn_method='default', offset_scale=0.5, query_select_method='default'):
+                 cross_attn_method='default', offset_scale=0.5, query_select_method='default',
+                 query_pos_head_inv_sig=False):
         super().__init__()
         if query_select_method not in QUERY_SELECT_METHODS:
             raise ValueError(f"query_select_method '{query_select_method}' is not one of {QUERY_SELECT_METHODS}")
@@ -85,7 +88,8 @@ class RTDETRDeformableTransformer(nn.Layer):
             num_decoder_layers, eval_idx, d_model=hidden_dim, n_head=nhead, dim_feedforward=dim_feedforward,
             dropout=dropout, activation=activation, n_levels=num_levels, n_points=num_decoder_points,
             cross_attn_method=cross_attn_method, offset_scale=offset_scale,
-            points_scale_in_state_dict=isinstance(num_decoder_points, (list, tuple)))
+            points_scale_in_state_dict=isinstance(num_decoder_points, (list, tuple)),
+            query_pos_head_inv_sig=query_pos_head_inv_sig)
         self.denoising_class_embed = nn.Embedding(
             num_classes, hidden_dim, weight_attr=ParamAttr(initializer=nn.initializer.Normal()))
         if learnt_init_query:
@@ -170,6 +174,8 @@ class RTDETRDeformableTransformer(nn.Layer):
             # top-k over tokens x classes; a token may be chosen once per class
             _, ind = paddle.topk(enc_logits.flatten(1), self.num_queries, axis=1)
             return ind // enc_logits.shape[-1]
+        # default: the best class of each token; agnostic: its one score ([b, l, 1] -> [b, l] either way),
+        # trained as one class that every gt belongs to (RTDETRCriterion's `enc_agnostic`)
         _, ind = paddle.topk(enc_logits.max(-1), self.num_queries, axis=1)
         return ind
 

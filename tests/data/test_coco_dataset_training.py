@@ -252,13 +252,15 @@ def test_eval_writes_predictions_with_the_files_sparse_ids(tmp_path, shapes):
 def test_the_custom_data_template_loads_checked_data(tmp_path, shapes):
     """configs/datasets/custom_coco_template.yml as docs/custom_data.md uses it: its placeholder num_classes (3)
     against the 4 categories of the data is the mismatch error; with 4 the data loads."""
-    from ppdet.core.workspace import create, merge_config
+    from ppdet.core.workspace import create
+
+    from ppdet_rtdetr.cli import apply_overrides
     leaf = tmp_path / 'my_leaf.yml'
     leaf.write_text("_BASE_: ['{}', '{}']\n".format(
         TINY_CFG, os.path.join(ROOT, 'configs', 'datasets', 'custom_coco_template.yml')))
     for num_classes in (3, 4):
         cfg = fresh_config(str(leaf))
-        merge_config({'num_classes': num_classes, 'TrainDataset': {'dataset_dir': shapes, 'anno_path': TRAIN_ANN}})
+        apply_overrides({'num_classes': num_classes, 'TrainDataset': {'dataset_dir': shapes, 'anno_path': TRAIN_ANN}})
         assert type(cfg.TrainDataset).__name__ == 'RTDETRCOCODataSet'
         dataset = create('TrainDataset')
         if num_classes == 3:

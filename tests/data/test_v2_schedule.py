@@ -136,7 +136,7 @@ def test_param_groups_take_effect_in_an_adamw_step(leaf):
     fresh_config(os.path.join(V2, leaf))
     base_lr = 0.5
     assert create('OptimizerBuilder')(base_lr, model)._grad_clip.clip_norm == 0.1
-    model = build_from_config(TINY_CFG)  # Paddle wrote the group rates into the parameters: start afresh
+    # a second build over the same model (Paddle wrote the first one's group rates into the parameters)
     fresh_config(os.path.join(V2, leaf), RTDETROptimizerBuilder={'clip_grad_by_norm': None})
     opt = create('OptimizerBuilder')(base_lr, model)
     params = [(n, p) for n, p in model.named_parameters() if p.trainable]
@@ -156,7 +156,61 @@ def test_param_groups_take_effect_in_an_adamw_step(leaf):
     assert not wrong, f'{len(wrong)} parameters with a wrong update, e.g. {wrong[:4]}'
 
 
+def _groups(optimizer):
+    return [(g['learning_rate'], g['weight_decay'], [p.name for p in g['params']]) for g in optimizer._param_groups]
+
+
+def test_building_twice_gives_the_same_groups():
+    from ppdet.core.workspace import create
+    model = build_from_config(TINY_CFG)
+    # r34's recipe multiplies the backbone (already at 0.1 in res2..res5) by 0.5, norms included
+    fresh_config(os.path.join(V2, 'rtdetrv2_r34vd_120e_coco.yml'))
+    first = _groups(create('OptimizerBuilder')(1e-4, model))
+    factors = {n: p.optimize_attr['learning_rate'] for n, p in model.named_parameters()}
+    second = _groups(create('OptimizerBuilder')(1e-4, model))
+    assert second == first, f'rebuilt groups {[g[:2] for g in second]}, first {[g[:2] for g in first]}'
+    assert {n: p.optimize_attr['learning_rate'] for n, p in model.named_parameters()} == factors
+    assert factors['backbone.res2.res2a.branch2a.conv.weight'] == pytest.approx(0.1 * 0.5)
+    # another recipe afterwards starts from the parameters' own factors, not from r34's products
+    fresh_config(os.path.join(V2, 'rtdetrv2_r101vd_6x_coco.yml'))
+    create('OptimizerBuilder')(1e-4, model)
+    factors = {n: p.optimize_attr['learning_rate'] for n, p in model.named_parameters()}
+    assert factors['backbone.res2.res2a.branch2a.conv.weight'] == pytest.approx(0.1 * 0.01)
+    assert factors['backbone.conv1.conv1_1.conv.weight'] == pytest.approx(0.01)
+    # a factor set by hand since is the new own factor
+    param = dict(model.named_parameters())['neck.input_proj.0.0.weight']
+    param.optimize_attr['learning_rate'] = 0.3
+    create('OptimizerBuilder')(1e-4, model)
+    assert param.optimize_attr['learning_rate'] == pytest.approx(0.3)
+
+
 def test_unknown_param_group_key_is_an_error():
     from ppdet_rtdetr.optim import RTDETROptimizerBuilder
     with pytest.raises(ValueError, match=r"param_groups.backbone: unknown keys \['lr'\]"):
         RTDETROptimizerBuilder(param_groups={'backbone': {'params': 'backbone', 'lr': 1e-5}})
+
+
+def _small_reader():
+    from ppdet_rtdetr.data.stop_epoch import RTDETRTrainReader
+    return RTDETRTrainReader(sample_transforms=[{'Decode': {}}], batch_transforms=[{'Permute': {}}],
+                             batch_size=1, collate_batch=False, stop_epoch=1)
+
+
+def test_a_missing_private_ppdet_attribute_is_named_with_the_ppdet_version(monkeypatch):
+    import ppdet
+    from ppdet.data.reader import Compose
+    monkeypatch.setattr(ppdet, '__version__', '2.9.0')
+    # a dataset class of a ppdet that no longer keeps the epoch in `_epoch`
+    with pytest.raises(RuntimeError, match=r"private attribute DetDataset\._epoch, written against ppdet 2\.6\.0, "
+                                           r"but the installed ppdet 2\.9\.0 has no such attribute"):
+        _small_reader()([], 0)
+    # a Compose that names its transform list otherwise
+    init = Compose.__init__
+
+    def renamed(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.transforms_list = self.__dict__.pop('transforms_cls')
+
+    monkeypatch.setattr(Compose, '__init__', renamed)
+    with pytest.raises(RuntimeError, match=r'private attribute Compose\.transforms_cls, .* ppdet 2\.9\.0 has no'):
+        _small_reader()

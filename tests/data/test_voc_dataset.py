@@ -49,14 +49,13 @@ def voc_root(tmp_path_factory):
 
 def _config(tmp_path, voc_root, **overrides):
     """The light tiny model with configs/datasets/voc.yml as its dataset, on voc_root."""
-    from ppdet.core.workspace import merge_config
-
+    from ppdet_rtdetr.cli import apply_overrides
     from ppdet_rtdetr.compat import resolve_device
     leaf = tmp_path / 'rtdetr_tiny_voc.yml'
     leaf.write_text("_BASE_: ['{}', '{}']\nnum_classes: {}\n".format(
         TINY_CFG, os.path.join(ROOT, 'configs', 'datasets', 'voc.yml'), len(LABELS)))
     cfg = fresh_config(str(leaf), save_dir=str(tmp_path / 'out'), **LIGHT, **overrides)
-    merge_config({name: {'dataset_dir': voc_root} for name in ('TrainDataset', 'EvalDataset', 'TestDataset')})
+    apply_overrides({name: {'dataset_dir': voc_root} for name in ('TrainDataset', 'EvalDataset', 'TestDataset')})
     resolve_device(cfg)
     return cfg
 

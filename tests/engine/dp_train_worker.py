@@ -3,7 +3,7 @@
     python -m paddle.distributed.launch --nproc_per_node 2 tests/engine/dp_train_worker.py -c CFG -o ...
 
 ppdet writes checkpoints on rank 0 only, so the ranks cannot be compared from them. This runs
-tools/train.py's ``main()`` unchanged (same arguments, same Trainer) with ``Trainer.train`` wrapped to save
+tools/train.py's ``main()`` unchanged (same arguments, same RTDETRTrainer) with its ``train`` wrapped to save
 each rank's model state dict before and after training, as ``<save_dir>/rank<r>_{init,final}.pdparams``.
 """
 import functools
@@ -12,8 +12,8 @@ import os
 
 import paddle
 
-import ppdet_rtdetr  # noqa: F401  (registers modules, installs its Trainer hooks before ours)
-from ppdet.engine import Trainer
+import ppdet_rtdetr  # noqa: F401  (registers modules)
+from ppdet_rtdetr.engine import RTDETRTrainer
 
 TRAIN_TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                           'tools', 'train.py')
@@ -40,5 +40,5 @@ def _load_train_tool():
 
 
 if __name__ == '__main__':
-    Trainer.train = _saving_every_rank(Trainer.train)
+    RTDETRTrainer.train = _saving_every_rank(RTDETRTrainer.train)
     _load_train_tool().main()

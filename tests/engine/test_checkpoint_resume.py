@@ -1,5 +1,5 @@
 """Atomic checkpoints: a run that dies while saving leaves the previous checkpoint loadable, and --resume
-continues from the newest complete one."""
+continues from the newest complete one (RTDETRTrainer)."""
 import os
 
 import numpy as np
@@ -71,14 +71,15 @@ def test_an_empty_folder_is_not_a_resume_point(tmp_path):
 
 def test_training_killed_while_saving_resumes_from_the_previous_epoch(tmp_path, monkeypatch):
     """Epoch 0 is saved as `0`; the run dies renaming epoch 1's `model_final`; resume trains epoch 1 again."""
-    from ppdet.engine import Trainer
+    from ppdet_rtdetr.engine import RTDETRTrainer as Trainer
     data = make_shapes(tmp_path / 'data')  # 3 usable train images: one step per epoch
     save_dir = tmp_path / 'out'
     run_dir = save_dir / 'rtdetr_tiny'
     cfg = light_config(save_dir, data, epoch=2)
     _crash_when_renaming(monkeypatch, 'model_final.pdparams')
-    # Optimizer states are keyed by generated parameter names; a fresh name scope gives the second model
-    # the first one's names, as a new process (the real resume) does.
+    # Optimizer states are keyed by generated parameter and accumulator names (the accumulators are named at
+    # the first step); a fresh name scope gives the second run the first one's names, as a new process (the
+    # real resume) does, whatever other tests of this process created before.
     with pytest.raises(SimulatedCrash), paddle.utils.unique_name.guard():
         Trainer(cfg, mode='train').train()
     assert checkpoint_files(save_dir) == ['rtdetr_tiny/0.pdopt', 'rtdetr_tiny/0.pdparams']
@@ -92,7 +93,8 @@ def test_training_killed_while_saving_resumes_from_the_previous_epoch(tmp_path, 
     saved = paddle.load(str(run_dir / '0.pdparams'))
     for key, value in trainer.model.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), saved[key].numpy(), err_msg=key)
-    trainer.train()
+    with paddle.utils.unique_name.guard():
+        trainer.train()
     assert checkpoint_files(save_dir) == ['rtdetr_tiny/0.pdopt', 'rtdetr_tiny/0.pdparams',
                                           'rtdetr_tiny/model_final.pdopt', 'rtdetr_tiny/model_final.pdparams']
     assert paddle.load(str(run_dir / 'model_final.pdopt'))['last_epoch'] == 2

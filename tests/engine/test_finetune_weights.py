@@ -1,4 +1,4 @@
-"""Loading pretrain_weights through ppdet's Trainer.load_weights: fine-tuning an 80-class checkpoint into a
+"""Loading pretrain_weights through RTDETRTrainer.load_weights: fine-tuning an 80-class checkpoint into a
 4-class model skips the class head with one listing; a checkpoint of another network is one clear error."""
 import re
 import types
@@ -38,21 +38,16 @@ def model():
 
 
 def _load_through_trainer(model, weights):
-    """ppdet's own Trainer.load_weights (what tools/train.py calls for pretrain_weights) on `model`."""
-    from ppdet.engine.trainer import Trainer
+    """RTDETRTrainer.load_weights (what tools/train.py calls for pretrain_weights) on `model`."""
+    from ppdet_rtdetr.engine import RTDETRTrainer
     trainer = types.SimpleNamespace(is_loaded_weights=False, model=model, start_epoch=None)
     with LogRecords('ppdet_rtdetr.engine.pretrain') as log:
-        Trainer.load_weights(trainer, weights)
+        RTDETRTrainer.load_weights(trainer, weights)
     return log.messages
 
 
 def _numpy(state):
     return {k: v.numpy().copy() for k, v in state.items()}
-
-
-def test_the_trainer_calls_our_loader():
-    from ppdet.engine import trainer
-    assert trainer.load_pretrain_weight is pretrain.load_pretrain_weight
 
 
 def test_finetune_to_fewer_classes_skips_the_head_in_one_block(coco80, model):

@@ -54,9 +54,7 @@ def test_cxcywh_xyxy_round_trip_and_values():
     xyxy = box_ops.cxcywh_to_xyxy(_t(cxcywh)).numpy()
     ref = np.stack([cxcywh[..., 0] - cxcywh[..., 2] / 2, cxcywh[..., 1] - cxcywh[..., 3] / 2,
                     cxcywh[..., 0] + cxcywh[..., 2] / 2, cxcywh[..., 1] + cxcywh[..., 3] / 2], -1)
-    err = np.abs(xyxy - ref).max()
-    assert xyxy.shape == (2, 5, 4)
-    assert err < 1e-12, f'cxcywh_to_xyxy max err {err}'
+    np.testing.assert_allclose(xyxy, ref, rtol=0, atol=1e-12, err_msg='cxcywh_to_xyxy')
     back = box_ops.xyxy_to_cxcywh(_t(xyxy)).numpy()
     err = np.abs(back - cxcywh).max()
     assert err < 1e-12, f'round trip max err {err}'
@@ -86,13 +84,13 @@ def test_box_area_and_pairwise_iou_giou_match_reference():
     np.testing.assert_allclose(area, (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), rtol=1e-12)
     iou, union = box_ops.pairwise_iou(_t(a), _t(b))
     giou = box_ops.pairwise_giou(_t(a), _t(b)).numpy()
-    assert iou.shape == [6, 4] and union.shape == [6, 4] and giou.shape == (6, 4)
     ref_iou = np.array([[_ref_overlap(p, q, 'iou') for q in b] for p in a])
     ref_giou = np.array([[_ref_overlap(p, q, 'giou') for q in b] for p in a])
-    err_iou = np.abs(iou.numpy() - ref_iou).max()
-    err_giou = np.abs(giou - ref_giou).max()
-    assert err_iou < 1e-12, f'pairwise_iou max err {err_iou}'
-    assert err_giou < 1e-12, f'pairwise_giou max err {err_giou}'
+    # union = area(a) + area(b) - intersection, with intersection = iou * union
+    ref_union = (area[:, None] + ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None]) / (1 + ref_iou)
+    np.testing.assert_allclose(iou.numpy(), ref_iou, rtol=0, atol=1e-12, err_msg='pairwise_iou')
+    np.testing.assert_allclose(union.numpy(), ref_union, rtol=1e-12, err_msg='pairwise_iou union')
+    np.testing.assert_allclose(giou, ref_giou, rtol=0, atol=1e-12, err_msg='pairwise_giou')
     assert abs(iou.numpy()[2, 0] - 1) < 1e-12 and giou[0, 1] < 0
 
 
@@ -103,9 +101,7 @@ def test_aligned_iou_matches_reference(mode):
     b[0] = a[0]  # identical pair: every mode gives 1
     got = box_ops.aligned_iou(_t(a), _t(b), mode=mode).numpy()
     ref = np.array([_ref_overlap(p, q, mode) for p, q in zip(a, b)])
-    err = np.abs(got - ref).max()
-    assert got.shape == (16, )
-    assert err < 1e-9, f'aligned_iou({mode}) max err {err}'
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9, err_msg=f'aligned_iou({mode})')
     assert abs(got[0] - 1) < 1e-9, f'identical boxes give {got[0]}'
     # the pairwise version agrees on the diagonal
     if mode in ('iou', 'giou'):

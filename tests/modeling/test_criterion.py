@@ -179,8 +179,19 @@ def test_empty_gt_gives_zero_box_losses_and_positive_class_loss(sizes):
     out = crit(pb, pl, gb, gc, dn_out_bboxes=dn_pb, dn_out_logits=dn_pl, dn_meta=dn_meta)
     values = {k: float(v) for k, v in out.items()}
     assert all(np.isfinite(v) for v in values.values()), values
-    for key in ('loss_class', 'loss_class_aux', 'loss_class_dn', 'loss_class_aux_dn'):
-        assert values[key] > 0, f'{key} = {values[key]}'
+    # numpy, with the normaliser clipped to 1 gt: Hungarian pairs for the outputs, fixed ones for denoising
+    num_gts = max(sum(sizes), 1)
+    per_out = []
+    for j in range(3):
+        pairs = [(s.numpy(), t.numpy()) for s, t in crit.matcher(*_tensors(boxes[j], logits[j], gt_bbox, gt_class))]
+        per_out.append(_np_losses(boxes[j], logits[j], pairs, gt_bbox, gt_class, num_gts))
+    fixed = [(p.numpy(), np.tile(np.arange(n), 2)) for p, n in zip(positive, sizes)]
+    per_dn = [_np_losses(dn_boxes[j], dn_logits[j], fixed, gt_bbox, gt_class, num_gts * 2) for j in range(2)]
+    for n, name in enumerate(('class', 'bbox', 'giou')):
+        _check(f'loss_{name}', values[f'loss_{name}'], per_out[2][n])
+        _check(f'loss_{name}_aux', values[f'loss_{name}_aux'], per_out[0][n] + per_out[1][n])
+        _check(f'loss_{name}_dn', values[f'loss_{name}_dn'], per_dn[1][n])
+        _check(f'loss_{name}_aux_dn', values[f'loss_{name}_aux_dn'], per_dn[0][n])
     if sum(sizes) == 0:
         for key in KEYS:
             if 'class' not in key:
@@ -307,3 +318,53 @@ def test_ppdet_create_injects_the_matcher():
     crit = create('RTDETRCriterion')
     assert isinstance(crit, RTDETRCriterion)
     assert isinstance(crit.matcher, RTDETRHungarianMatcher), type(crit.matcher)
+
+
+class RecordingMatcher(RTDETRHungarianMatcher):
+    """The real matcher, keeping the gt classes of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.classes = []
+
+    def __call__(self, boxes, logits, gt_bbox, gt_class):
+        self.classes.append([c.numpy().ravel().tolist() for c in gt_class])
+        return super().__call__(boxes, logits, gt_bbox, gt_class)
+
+
+def test_agnostic_encoder_is_one_class_that_every_gt_belongs_to():
+    rng = np.random.default_rng(7)
+    boxes, logits, gt_bbox, gt_class = _case(rng, 2, 2, 6, 3, [3, 2])
+    enc_boxes, enc_logits, _, _ = _case(rng, 1, 2, 6, 1, [0, 0])
+    matcher = RecordingMatcher()
+    crit = RTDETRCriterion(num_classes=3, matcher=matcher)
+
+    def run(classes):
+        pb, pl, gb, gc = _tensors(boxes, logits, gt_bbox, classes)
+        enc = (paddle.to_tensor(enc_boxes[0]), paddle.to_tensor(enc_logits[0]))
+        return {k: float(v) for k, v in crit(pb, pl, gb, gc, enc_agnostic=enc).items()}
+
+    out = run(gt_class)
+    assert matcher.classes[-1] == [[0, 0, 0], [0, 0]], f'encoder matched with classes {matcher.classes[-1]}'
+    # numpy: decoder layer 0 with its classes plus the encoder as one class, each with its own match
+    zeros = [np.zeros_like(c) for c in gt_class]
+    per_set = []
+    for b, l, classes in ((boxes[0], logits[0], gt_class), (enc_boxes[0], enc_logits[0], zeros)):
+        pairs = [(s.numpy(), t.numpy()) for s, t in matcher(*_tensors(b, l, gt_bbox, classes))]
+        per_set.append(_np_losses(b, l, pairs, gt_bbox, classes, 5.0))
+    dec_last = _np_losses(boxes[1], logits[1], [(s.numpy(), t.numpy()) for s, t in matcher(
+        *_tensors(boxes[1], logits[1], gt_bbox, gt_class))], gt_bbox, gt_class, 5.0)
+    for n, name in enumerate(('class', 'bbox', 'giou')):
+        _check(f'loss_{name}', out[f'loss_{name}'], dec_last[n])
+        _check(f'loss_{name}_aux', out[f'loss_{name}_aux'], per_set[0][n] + per_set[1][n])
+    assert per_set[1][0] > 0 and per_set[1][1] > 0, f'encoder term {per_set[1]} does not separate'
+    # the encoder term does not see the classes: relabel the gt, the aux sum moves by the decoder's change only
+    relabelled = [(c + 1) % 3 for c in gt_class]
+    moved = run(relabelled)
+    pairs = [(s.numpy(), t.numpy()) for s, t in matcher(*_tensors(boxes[0], logits[0], gt_bbox, relabelled))]
+    dec0 = _np_losses(boxes[0], logits[0], pairs, gt_bbox, relabelled, 5.0)
+    _check('loss_class_aux (relabelled)', moved['loss_class_aux'], dec0[0] + per_set[1][0])
+    no_aux = RTDETRCriterion(num_classes=3, matcher=RTDETRHungarianMatcher(), aux_loss=False)
+    pb, pl, gb, gc = _tensors(boxes, logits, gt_bbox, gt_class)
+    out = no_aux(pb, pl, gb, gc, enc_agnostic=(paddle.to_tensor(enc_boxes[0]), paddle.to_tensor(enc_logits[0])))
+    assert float(out['loss_class_aux']) == 0.0, 'aux_loss=False also drops the encoder term'

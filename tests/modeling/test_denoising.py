@@ -13,21 +13,35 @@ def _gts(counts, k=5, seed=0):
     return cls, box
 
 
-def test_group_shapes_and_positive_indices():
+def _np_logit(x):
+    x = np.clip(x, 0, 1)
+    return np.log(np.maximum(x, 1e-5) / np.maximum(1 - x, 1e-5))
+
+
+def test_group_layout_and_positive_indices():
     cls, box = _gts([3, 1, 0])
     embed = paddle.rand([5, 8])
+    # without noise every slot is its gt: the layout can be written down
     dn_embed, dn_bbox_unact, mask, meta = get_contrastive_denoising_training_group(
-        cls, box, num_classes=5, num_queries=7, class_embed=embed, num_denoising=10)
+        cls, box, num_classes=5, num_queries=7, class_embed=embed, num_denoising=10, label_noise_ratio=0.,
+        box_noise_scale=0.)
     g, groups = 3, 10 // 3
     num_dn = 2 * g * groups
-    assert dn_embed.shape == [3, num_dn, 8] and dn_bbox_unact.shape == [3, num_dn, 4]
     assert meta['dn_num_group'] == groups and meta['dn_num_split'] == [num_dn, 7]
+    # slot s holds padded gt s % g of its image (positive and negative copies alike); padding slots (image 1
+    # after its one gt, all of image 2) hold the all-zero padding embedding and a zero box
+    want_embed, want_box = np.zeros((3, num_dn, 8)), np.zeros((3, num_dn, 4))
+    for i, c in enumerate(cls):
+        for s in range(num_dn):
+            if s % g < c.shape[0]:
+                want_embed[i, s] = embed.numpy()[int(c.numpy()[s % g, 0])]
+                want_box[i, s] = box[i].numpy()[s % g]
+    np.testing.assert_array_equal(dn_embed.numpy(), want_embed)
+    np.testing.assert_allclose(dn_bbox_unact.numpy(), _np_logit(want_box), rtol=1e-5, atol=1e-4)
     # positives: the first n_i slots of the positive half of every group
     want = [[grp * 2 * g + j for grp in range(groups) for j in range(n)] for n in (3, 1, 0)]
     assert [m.numpy().tolist() for m in meta['dn_positive_idx']] == want
-    # the padding slots (image 2 has no gt) use the all-zero padding embedding
-    np.testing.assert_array_equal(dn_embed[2].numpy(), 0)
-    assert mask.shape == [num_dn + 7, num_dn + 7]
+    np.testing.assert_array_equal(mask.numpy(), denoising_attn_mask(g, groups, 7).numpy())
 
 
 def test_attention_mask_block_structure():
@@ -81,7 +95,11 @@ def test_no_box_noise_returns_logit_space_boxes():
 
 def test_batch_without_boxes_still_builds_one_group():
     cls, box = _gts([0, 0])
-    dn_embed, _, mask, meta = get_contrastive_denoising_training_group(
+    dn_embed, dn_bbox_unact, mask, meta = get_contrastive_denoising_training_group(
         cls, box, 5, 7, paddle.rand([5, 8]), num_denoising=10)
-    assert dn_embed.shape[1] == 2 * 1 * 10 and meta['dn_num_group'] == 10
-    assert all(m.shape == [0] for m in meta['dn_positive_idx'])
+    # g = 1 padding slot per image in 10 groups: 20 queries, all with the zero embedding and a zero box
+    assert meta['dn_num_group'] == 10 and meta['dn_num_split'] == [20, 7]
+    np.testing.assert_array_equal(dn_embed.numpy(), np.zeros((2, 20, 8)))
+    np.testing.assert_allclose(dn_bbox_unact.numpy(), np.full((2, 20, 4), _np_logit(0.)), rtol=1e-6)
+    assert [m.numpy().tolist() for m in meta['dn_positive_idx']] == [[], []]
+    np.testing.assert_array_equal(mask.numpy(), denoising_attn_mask(1, 10, 7).numpy())

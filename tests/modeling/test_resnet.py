@@ -153,13 +153,19 @@ def test_lr_mult_list():
     (18, [1, 3], 4), (50, 2, 4), (18, [0, 1], 2), (50, [0], 1)])
 def test_return_idx_and_out_shape(depth, return_idx, num_stages):
     model = RTDETRResNet(depth=depth, return_idx=return_idx, num_stages=num_stages)
+    # the four-stage network with the same weights: the returned maps are its stages `return_idx`
+    full = RTDETRResNet(depth=depth, return_idx=[0, 1, 2, 3])
+    full.set_state_dict(model.state_dict())
     model.eval()
+    full.eval()
     outs = model({'image': _image()})
+    every = full({'image': _image()})
     idx = [return_idx] if isinstance(return_idx, int) else return_idx
     assert len(outs) == len(model.out_shape) == len(idx)
     for out, spec, i in zip(outs, model.out_shape, idx):
         assert spec.stride == [4, 8, 16, 32][i]
         assert list(out.shape) == [1, spec.channels, H // spec.stride, W // spec.stride]
+        np.testing.assert_array_equal(out.numpy(), every[i].numpy(), err_msg=f'stage {i}')
     assert not any(k.startswith('res{}'.format(num_stages + 2)) for k in model.state_dict())
 
 

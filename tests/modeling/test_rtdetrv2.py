@@ -161,4 +161,15 @@ def test_per_level_points_3_6_3_build_train_and_eval(method):
     assert grad is not None and np.isfinite(grad.numpy()).all() and float(grad.abs().sum()) > 0
 
     boxes, logits = _raw_eval(model, _batch())
-    assert boxes.shape == (2, 20, 4) and logits.shape == (2, 20, 4) and np.isfinite(boxes).all()
+    # eval equals the matching queries of a training pass (the mask hides the denoising queries from them),
+    # with the input projections' batch norms kept in eval mode
+    with paddle.no_grad():
+        feats = model.neck(model.backbone(_batch()))
+        model.transformer.train()
+        for layer in model.transformer.sublayers():
+            if isinstance(layer, paddle.nn.BatchNorm2D):
+                layer.eval()
+        dec_bboxes, dec_logits, _, _, dn_meta = model.transformer(feats, gt_meta=_batch())
+    num_dn = dn_meta['dn_num_split'][0]
+    np.testing.assert_allclose(dec_bboxes[-1].numpy()[:, num_dn:], boxes, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dec_logits[-1].numpy()[:, num_dn:], logits, rtol=1e-4, atol=1e-4)

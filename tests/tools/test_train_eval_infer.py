@@ -34,11 +34,13 @@ def shapes(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, shapes):
-    """`tools/train.py --eval` for the tiny config's 2 epochs, run in a scratch working directory."""
+    """`tools/train.py --eval` for the tiny config's 2 epochs, run in a scratch working directory (seeded: the
+    infer tests read what this model draws)."""
     base = tmp_path_factory.mktemp('workflow')
     cwd = base / 'cwd'
     cwd.mkdir()
-    log = run(tool_command('train', ['-c', TINY_CFG, '--eval', '-o', 'save_dir=out'] + dataset_overrides(shapes)),
+    log = run(tool_command('train', ['-c', TINY_CFG, '--eval', '--seed', '0', '-o', 'save_dir=out']
+                           + dataset_overrides(shapes)),
               str(cwd), str(base / 'train.log'))
     return types.SimpleNamespace(base=base, data=shapes, cwd=str(cwd), log=log,
                                  ckpt_dir=os.path.join(str(cwd), 'out', 'rtdetr_tiny'))

@@ -1,0 +1,105 @@
+"""RTDETRTrainer: ppdet's Trainer with this project's weight loading, checkpoints and loss guard.
+
+PaddleDetection extends its own Trainer by subclassing it (``ppdet/engine/trainer_ssod.py``) and its tools
+pick the class; our tools construct ``RTDETRTrainer``. Whoever builds ppdet's ``Trainer`` in the same process
+(another model, another tool) gets ppdet's behaviour untouched. What the subclass changes:
+
+* ``load_weights`` (``pretrain_weights`` in training, ``weights`` in eval / infer) uses
+  ``pretrain.load_pretrain_weight``: a reshaped class head is skipped with one listing, a file of another
+  architecture is a ``WeightsMismatchError``;
+* ``resume_weights`` takes a checkpoint or a folder (its newest complete checkpoint: ``checkpoint.resume_path``)
+  and restores it with ``checkpoint.load_checkpoint``;
+* checkpoints are written atomically (``checkpoint.AtomicCheckpointer`` replaces ppdet's ``Checkpointer``);
+* ``train`` runs with the non-finite-loss guard (``loss_guard``; ``stop_on_nonfinite_loss: false`` turns it
+  off, ``nonfinite_loss_patience`` sets how many consecutive non-finite losses an ``--amp`` run skips);
+* with ``norm_type: sync_bn`` on several devices, norms that use global statistics (frozen: ``freeze_norm``)
+  stay frozen BatchNorms when ppdet converts the model to SyncBatchNorm.
+"""
+import paddle
+
+from ppdet.engine import Trainer
+from ppdet.engine.callbacks import Checkpointer, ComposeCallback
+
+from ..compat import BATCH_NORMS
+from . import checkpoint, loss_guard, pretrain
+
+__all__ = ['RTDETRTrainer', 'convert_sync_batchnorm_keeping_frozen']
+
+def convert_sync_batchnorm_keeping_frozen(layer):
+    """``SyncBatchNorm.convert_sync_batchnorm``, except for norms with ``use_global_stats=True`` (frozen).
+
+    Paddle's SyncBatchNorm has no ``use_global_stats``: its own conversion would make a frozen norm normalise
+    with batch statistics and update its stored ones. Sublayers are replaced in place, as Paddle's does.
+    """
+    if isinstance(layer, BATCH_NORMS):
+        if getattr(layer, '_use_global_stats', None):
+            return layer
+        return paddle.nn.SyncBatchNorm.convert_sync_batchnorm(layer)
+    for name, child in list(layer._sub_layers.items()):
+        layer._sub_layers[name] = convert_sync_batchnorm_keeping_frozen(child)
+    return layer
+
+
+class RTDETRTrainer(Trainer):
+    """ppdet's ``Trainer(cfg, mode)`` with the changes listed in the module docstring; same arguments.
+
+    Raises:
+        ValueError: ``nonfinite_loss_patience`` is not an integer >= 1 (before the model and readers are built).
+    """
+
+    def __init__(self, cfg, mode='train'):
+        loss_guard.check_patience(cfg.get('nonfinite_loss_patience', loss_guard.DEFAULT_PATIENCE))
+        super().__init__(cfg, mode)
+
+    def _init_callbacks(self):
+        super()._init_callbacks()
+        if self.mode == 'train':
+            self._callbacks = [checkpoint.AtomicCheckpointer(self) if type(c) is Checkpointer else c
+                               for c in self._callbacks]
+            self._compose_callback = ComposeCallback(self._callbacks)
+
+    def load_weights(self, weights):
+        if self.is_loaded_weights:
+            return
+        self.start_epoch = 0
+        pretrain.load_pretrain_weight(self.model, weights)
+
+    def resume_weights(self, weights):
+        path = checkpoint.resume_path(weights)
+        self.start_epoch = checkpoint.load_checkpoint(self.model, path, self.optimizer,
+                                                      self.ema if self.use_ema else None)
+
+    def _on_amp_device(self):
+        # ppdet's condition for auto_cast, GradScaler and the SyncBatchNorm conversion (Trainer.train)
+        return bool(self.cfg.get('use_gpu') or self.cfg.get('use_npu') or self.cfg.get('use_mlu'))
+
+    def _sync_bn(self):
+        return self.cfg.get('norm_type') == 'sync_bn' and self._on_amp_device() and self._nranks > 1
+
+    def _nonfinite_guards(self):
+        """The loss guard and, for AMP runs whose loss scaler Paddle disables, the step gate (or none)."""
+        if not self.cfg.get('stop_on_nonfinite_loss', True):
+            return []
+        if not self.use_amp:
+            return [loss_guard.LossGuard(self)]
+        guards = [loss_guard.LossGuard(self, self.cfg.get('nonfinite_loss_patience', loss_guard.DEFAULT_PATIENCE))]
+        # ppdet builds GradScaler(enable=use_gpu or use_npu or use_mlu), which Paddle runs on those devices;
+        # elsewhere the scaler is off and would step on whatever gradients it gets
+        if not self._on_amp_device():
+            guards.append(loss_guard.StepGate(self.optimizer, self.model.parameters()))
+        return guards
+
+    def train(self, validate=False):
+        guards = self._nonfinite_guards()
+        sync_bn = self._sync_bn()
+        if sync_bn:
+            convert_sync_batchnorm_keeping_frozen(self.model)
+            # ppdet's train() would convert again, frozen norms included: it reads norm_type from our cfg copy
+            self.cfg['norm_type'] = 'bn'
+        try:
+            return super().train(validate)
+        finally:
+            for guard in guards:
+                guard.remove()
+            if sync_bn:
+                self.cfg['norm_type'] = 'sync_bn'
