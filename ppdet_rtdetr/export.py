@@ -2,14 +2,19 @@
 
 The exported contract (what `deploy/` reads):
 - inputs `image` float32 [-1, 3, H, W] (RGB in the range the config's NormalizeImage gives), `im_shape` float32
-  [-1, 2] (H, W) and `scale_factor` float32 [-1, 2] (H / original h, W / original w); the batch is dynamic,
-  H x W is fixed: anchors and position embeddings are baked for it.
+  [-1, 2] (H, W) and `scale_factor` float32 [-1, 2] (H / original h, W / original w); the batch is dynamic.
+  By default H x W is fixed: anchors and position embeddings are baked for it. `--image_shape 3 -1 -1` (or -1
+  for H or W alone) exports a dynamic-size graph that computes them from the input's shape (a few small ops
+  per run), so one export runs at any size.
 - outputs, in this order (Paddle names them fetch_name_0 and fetch_name_1): `bbox` [b*K, 6] (class index,
   score, x1, y1, x2, y2 in original-image pixels) and `bbox_num` int32 [b]; with exclude_post_process the
   only input is `image` and the outputs are the raw (boxes [b, n, 4] sigmoid cxcywh, logits [b, n, k]).
 - `infer_cfg.yml`: ppdet's fields (mode, draw_threshold, metric, use_dynamic_shape, arch, min_subgraph_size,
-  Preprocess, label_list) plus `image_shape` [3, H, W], `exclude_post_process`, `num_top_queries` and
-  `use_focal_loss` (what a numpy post-process of a raw export needs).
+  Preprocess, label_list) plus `image_shape` [3, H, W] (-1 on a dynamic axis), `exclude_post_process`,
+  `num_top_queries` and `use_focal_loss` (what a numpy post-process of a raw export needs). A dynamic-size export
+  has `use_dynamic_shape: true`, Preprocess resizing to the config's test size (the deploy scripts take another
+  at run time), `size_divisor` (the largest feature stride: run sizes should be multiples of it) and
+  `trt_shape_range` {min, opt, max: [H, W]}, the input sizes Paddle-TensorRT builds its engine for.
 """
 import os
 from collections import OrderedDict
@@ -26,7 +31,7 @@ from .engine.checkpoint import load_model_weights
 
 logger = setup_logger(__name__)
 
-__all__ = ['resolve_export_size', 'build_export_model', 'build_infer_cfg',
+__all__ = ['resolve_export_size', 'trt_shape_range', 'build_export_model', 'build_infer_cfg',
            'export_inference_model', 'export_onnx']
 
 # ppdet's TRT_MIN_SUBGRAPH entry for DETR-like architectures (ppdet/engine/export_utils.py)
@@ -34,22 +39,25 @@ ARCH, MIN_SUBGRAPH_SIZE = 'DETR', 3
 
 
 def resolve_export_size(cfg, image_shape=None):
-    """The [H, W] to bake into the export, written back to the config's `eval_size`.
+    """The export's input [H, W], -1 on a dynamic axis, written back to the config's `eval_size`.
 
+    A fixed size becomes `eval_size`, so the modules bake its anchors and position embeddings; a size with a
+    dynamic axis sets `eval_size` to None, so the traced graph computes them from the input's shape.
     Args:
         cfg (AttrDict): the loaded config (with the `-o` overrides merged).
         image_shape (list[int]|None): [3, H, W] from the command line; wins over `eval_size`, which wins over
             `TestReader.inputs_def.image_shape`.
     Returns:
-        list[int]: [H, W]. Raises ValueError when no size is known or a size is not a positive integer
-        (RT-DETR bakes anchors and position embeddings: a dynamic H x W cannot be exported).
+        list[int]: [H, W]. Raises ValueError when no size is known or a size is neither a positive integer
+        nor -1.
     """
     if image_shape:
         if len(image_shape) != 3 or image_shape[0] != 3:
             raise ValueError(f'--image_shape must be 3 H W, got {list(image_shape)}')
         size = list(image_shape[1:])
         if cfg.get('eval_size') and list(cfg['eval_size']) != size:
-            logger.info(f"Exporting at {size[0]}x{size[1]}: --image_shape overrides eval_size {cfg['eval_size']}.")
+            hw = 'x'.join(str(s) if s > 0 else 'any' for s in size)
+            logger.info(f"Exporting for {hw} inputs: --image_shape overrides eval_size {cfg['eval_size']}.")
     elif cfg.get('eval_size'):
         size = list(cfg['eval_size'])
     else:
@@ -57,11 +65,38 @@ def resolve_export_size(cfg, image_shape=None):
         if not inputs_def.get('image_shape'):
             raise ValueError('no export size: pass --image_shape 3 H W or set eval_size: [H, W] in the config')
         size = list(inputs_def['image_shape'][-2:])
-    if not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f'RT-DETR exports need a fixed input size (anchors and position embeddings are baked '
-                         f'for it), got H x W = {size}; pass --image_shape 3 H W with positive integers')
-    merge_config({'eval_size': size})
+    if not all(isinstance(s, int) and (s > 0 or s == -1) for s in size):
+        raise ValueError(f'the export size H x W = {size} must be positive integers, or -1 for a dynamic axis '
+                         f'(--image_shape 3 -1 -1: any size at run time)')
+    merge_config({'eval_size': None if -1 in size else size})
     return size
+
+
+def trt_shape_range(opt_size, size_divisor, min_size=None, max_size=None, size=(-1, -1)):
+    """Paddle-TensorRT input-size range {min, opt, max: [H, W]} of a dynamic-size export.
+
+    Args:
+        opt_size (list[int]): [H, W] the engine is tuned for (the export's default run size).
+        size_divisor (int): min / max defaults are half / twice opt_size, rounded to a multiple of it.
+        min_size, max_size (list[int]|None): [H, W] overrides.
+        size (list[int]): the export's [H, W]; a fixed (positive) axis has that one size in min, opt and max.
+    Returns:
+        OrderedDict min / opt / max. Raises ValueError naming the sizes unless min <= opt <= max on both axes
+        and a fixed axis is the same in all three.
+    """
+    def _round(x):
+        return max(size_divisor, int(round(x / size_divisor)) * size_divisor)
+
+    lo = list(min_size) if min_size else [_round(o / 2) if s < 0 else s for o, s in zip(opt_size, size)]
+    hi = list(max_size) if max_size else [_round(o * 2) if s < 0 else s for o, s in zip(opt_size, size)]
+    if not all(a <= o <= b for a, o, b in zip(lo, opt_size, hi)):
+        raise ValueError(f'TensorRT size range must have min <= opt <= max on H and W, got min {lo}, '
+                         f'opt {list(opt_size)} (the default run size), max {hi}')
+    for axis, s in enumerate(size):
+        if s > 0 and {lo[axis], opt_size[axis], hi[axis]} != {s}:
+            raise ValueError(f"TensorRT size range min {lo}, opt {list(opt_size)}, max {hi} varies "
+                             f"{'HW'[axis]}, which this export fixes at {s}")
+    return OrderedDict([('min', lo), ('opt', list(opt_size)), ('max', hi)])
 
 
 def _exclude_post_process(cfg):
@@ -125,7 +160,8 @@ def _label_list(cfg):
 
 
 def _preprocess(cfg, size):
-    """TestReader's sample transforms after Decode, with Resize set to the export size."""
+    """TestReader's sample transforms after Decode, with Resize set to the export size (on a dynamic axis: the
+    TestReader Resize's own size, the default run size of the export)."""
     ops = []
     for transform in cfg['TestReader']['sample_transforms'][1:]:
         for name, args in transform.items():
@@ -134,8 +170,11 @@ def _preprocess(cfg, size):
             if name == 'Resize':
                 if op.get('keep_ratio', True):
                     raise ValueError('TestReader Resize must use keep_ratio: False: an RT-DETR export takes '
-                                     f'exactly {size[0]}x{size[1]} inputs (baked anchors)')
-                op['target_size'] = list(size)
+                                     f'exactly {size[0]}x{size[1]} inputs (one size per batch)')
+                if -1 in size and len(op.get('target_size') or []) != 2:
+                    raise ValueError(f"TestReader Resize target_size {op.get('target_size')} is not [H, W]: a "
+                                     'dynamic-size export takes its default run size from it')
+                op['target_size'] = [s if s > 0 else t for s, t in zip(size, op['target_size'])]
                 op.setdefault('interp', 1)  # cv2.INTER_LINEAR, ppdet's default
             ops.append(op)
     if not any(op['type'] == 'Resize' for op in ops):
@@ -143,17 +182,34 @@ def _preprocess(cfg, size):
     return ops
 
 
-def build_infer_cfg(cfg, model):
-    """The infer_cfg.yml content of `model` (an OrderedDict, ppdet's fields first)."""
-    size, raw = list(cfg['eval_size']), bool(model.exclude_post_process)
-    return OrderedDict([
-        ('mode', 'paddle'), ('draw_threshold', 0.5), ('metric', cfg['metric']), ('use_dynamic_shape', False),
+def build_infer_cfg(cfg, model, size=None, trt_min_size=None, trt_max_size=None):
+    """The infer_cfg.yml content of `model` (an OrderedDict, ppdet's fields first).
+
+    Args:
+        size (list[int]|None): the export's [H, W] (-1 on a dynamic axis); default `eval_size`.
+        trt_min_size, trt_max_size (list[int]|None): [H, W] bounds of a dynamic export's TensorRT range
+            (default: see `trt_shape_range`).
+    """
+    size = list(size or cfg['eval_size'])
+    raw, dynamic = bool(model.exclude_post_process), -1 in size
+    preprocess = _preprocess(cfg, size)
+    infer_cfg = OrderedDict([
+        ('mode', 'paddle'), ('draw_threshold', 0.5), ('metric', cfg['metric']), ('use_dynamic_shape', dynamic),
         ('arch', ARCH), ('min_subgraph_size', MIN_SUBGRAPH_SIZE),
-        ('Preprocess', _preprocess(cfg, size)), ('label_list', _label_list(cfg)),
-        ('image_shape', [3] + list(size)), ('exclude_post_process', raw),
+        ('Preprocess', preprocess), ('label_list', _label_list(cfg)),
+        ('image_shape', [3] + size), ('exclude_post_process', raw),
         ('num_top_queries', model.post_process.num_top_queries),
         ('use_focal_loss', model.post_process.use_focal_loss),
     ])
+    if dynamic:
+        divisor = max(model.transformer.feat_strides)
+        opt = next(op['target_size'] for op in preprocess if op['type'] == 'Resize')
+        infer_cfg['size_divisor'] = divisor
+        infer_cfg['trt_shape_range'] = trt_shape_range(opt, divisor, trt_min_size, trt_max_size, size)
+    elif trt_min_size or trt_max_size:
+        raise ValueError(f'a TensorRT size range needs a dynamic-size export (--image_shape 3 -1 -1); this one '
+                         f'is fixed at {size[0]}x{size[1]}')
+    return infer_cfg
 
 
 def _dump_yaml(data, path):
@@ -166,28 +222,37 @@ def _dump_yaml(data, path):
         yaml.dump(data, f, Dumper=_Dumper, default_flow_style=None, sort_keys=False)
 
 
-def export_inference_model(cfg, model, save_dir):
+def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, trt_max_size=None):
     """Trace `model` (from `build_export_model`) to a static graph and write the deploy folder.
 
     Args:
         cfg (AttrDict): the config, `eval_size` already set by `resolve_export_size`.
         model (nn.Layer): the eval-mode architecture; it stays a dygraph layer (the trace is of a wrapper).
         save_dir (str): created if missing; receives model.json, model.pdiparams and infer_cfg.yml.
+        size (list[int]|None): [H, W] from `resolve_export_size` (-1: dynamic axis); default `eval_size`.
+        trt_min_size, trt_max_size (list[int]|None): see `build_infer_cfg`.
     Returns:
         str: save_dir.
     """
-    size = list(cfg['eval_size'])
+    size = list(size or cfg['eval_size'])
+    if (-1 in size) != (cfg.get('eval_size') is None) or (-1 not in size and list(cfg['eval_size']) != size):
+        # the modules were built for another size: the baked anchors would not fit the traced input
+        raise ValueError(f"export size {size} does not match eval_size {cfg.get('eval_size')}: build the model "
+                         'after resolve_export_size')
     raw = bool(model.exclude_post_process)
+    infer_cfg = build_infer_cfg(cfg, model, size, trt_min_size, trt_max_size)  # its errors before any file
     os.makedirs(save_dir, exist_ok=True)
-    input_spec = [InputSpec([None, 3] + size, 'float32', 'image')]
+    # None: a dynamic axis (batch always)
+    input_spec = [InputSpec([None, 3] + [s if s > 0 else None for s in size], 'float32', 'image')]
     if not raw:
         input_spec += [InputSpec([None, 2], 'float32', 'im_shape'),
                        InputSpec([None, 2], 'float32', 'scale_factor')]
     # full_graph: Paddle 3's default (SOT) traces guarded fragments, which jit.save cannot write as one program
     static_model = paddle.jit.to_static(_ExportModel(model, raw), input_spec=input_spec, full_graph=True)
     paddle.jit.save(static_model, os.path.join(save_dir, 'model'))
-    _dump_yaml(build_infer_cfg(cfg, model), os.path.join(save_dir, 'infer_cfg.yml'))
-    logger.info(f"Exported {cfg.architecture} for {size[0]}x{size[1]} inputs (dynamic batch, "
+    _dump_yaml(infer_cfg, os.path.join(save_dir, 'infer_cfg.yml'))
+    hw = 'x'.join(str(s) if s > 0 else 'any' for s in size)
+    logger.info(f"Exported {cfg.architecture} for {hw} inputs (dynamic batch, "
                 f"{'raw outputs' if raw else 'with post-process'}) to {save_dir}")
     return save_dir
 

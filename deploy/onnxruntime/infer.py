@@ -2,6 +2,7 @@
 
     python deploy/onnxruntime/infer.py --model_dir output_inference/rtdetr_r50vd_6x_coco --image_file demo.jpg
         [--image_dir dir | --video_file v.mp4] [--batch_size 4] [--threshold 0.5] [--cpu_threads 4]
+        [--target_size 480 640] [--keep_ratio]   (a dynamic-size export: tools/export_model.py --image_shape 3 -1 -1)
 
 Needs onnxruntime, numpy, OpenCV and PyYAML (not Paddle). Preprocessing, the baked-size check, drawing and
 results.json are deploy/python's, so both engines give the same output for the same folder.
@@ -27,10 +28,11 @@ class OrtDetector(Detector):
         model_file (str|None): the ONNX file (default: model_dir/model.onnx).
         device (str): 'CPU', or 'GPU' (CUDAExecutionProvider; ValueError if this onnxruntime lacks it).
         cpu_threads (int): intra-op threads.
+        target_size, keep_ratio: run-time size of a dynamic-size export (see `Detector`).
     """
 
-    def __init__(self, model_dir, model_file=None, device='CPU', cpu_threads=1):
-        super().__init__(model_dir)
+    def __init__(self, model_dir, model_file=None, device='CPU', cpu_threads=1, target_size=None, keep_ratio=False):
+        super().__init__(model_dir, target_size, keep_ratio)
         model_file = model_file or os.path.join(model_dir, 'model.onnx')
         if not os.path.isfile(model_file):
             raise FileNotFoundError(f'{model_file} not found: convert it with '
@@ -55,7 +57,8 @@ def main(argv=None):
                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument('--model_file', default=None, help='default: <model_dir>/model.onnx')
     args = parser.parse_args(argv)
-    return run(OrtDetector(args.model_dir, args.model_file, args.device, args.cpu_threads), args)
+    return run(OrtDetector(args.model_dir, args.model_file, args.device, args.cpu_threads, args.target_size,
+                           args.keep_ratio), args)
 
 
 if __name__ == '__main__':

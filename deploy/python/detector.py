@@ -1,8 +1,9 @@
 """Engine-independent part of the deploy scripts: the Detector contract and the image / video command line.
 
 `deploy/python/infer.py` (Paddle Inference) and `deploy/onnxruntime/infer.py` subclass `Detector` with an
-engine; everything else (preprocessing from infer_cfg.yml, the baked-size check, the post-process of raw
-exports, drawing and JSON) is shared, so both engines give the same results for the same folder.
+engine; everything else (preprocessing from infer_cfg.yml, the run-time size of a dynamic-size export, the
+baked-size check, the post-process of raw exports, drawing and JSON) is shared, so both engines give the same
+results for the same folder.
 """
 import glob
 import json
@@ -12,7 +13,7 @@ import time
 import cv2
 
 from postprocess import detections_to_json, draw_detections, split_detections, topk_postprocess
-from preprocess import Preprocessor, check_input_size, decode_image, load_infer_cfg
+from preprocess import Preprocessor, check_input_size, decode_image, load_infer_cfg, run_size_ops
 
 __all__ = ['Detector', 'add_io_args', 'run']
 
@@ -34,6 +35,10 @@ class Detector:
 
     Args:
         model_dir (str): a folder written by tools/export_model.py (infer_cfg.yml + model files).
+        target_size (list[int]|None): [H, W] to run a dynamic-size export at (default: its infer_cfg size).
+        keep_ratio (bool): a dynamic-size export resizes each image keeping its aspect ratio within
+            target_size, each side rounded to a multiple of the model's stride (one image per batch unless the
+            images share a shape). Either option on a fixed-size export is a ValueError naming its size.
 
     Subclasses set `self.input_names` (the model's inputs, a subset of image / im_shape / scale_factor) and
     implement `_run(feeds: dict name -> ndarray) -> list of ndarray` (the model outputs in order).
@@ -43,10 +48,11 @@ class Detector:
     ValueError naming both sizes. predict_images(list of RGB uint8 images) -> list of [K_i, 6], one per image.
     """
 
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, target_size=None, keep_ratio=False):
         self.model_dir = model_dir
         self.infer_cfg = load_infer_cfg(model_dir)
-        self.preprocess = Preprocessor(self.infer_cfg['Preprocess'])
+        self.preprocess = Preprocessor(run_size_ops(self.infer_cfg['Preprocess'], self.infer_cfg, target_size,
+                                                    keep_ratio))
         self.labels = [str(name) for name in self.infer_cfg.get('label_list', [])]
         self.image_shape = _baked_image_shape(self.infer_cfg)
         self.raw = bool(self.infer_cfg.get('exclude_post_process', False))
@@ -79,6 +85,11 @@ def add_io_args(parser):
     parser.add_argument('--output_dir', default='output', help='drawn images / video and results.json')
     parser.add_argument('--device', default='CPU', choices=['CPU', 'GPU', 'cpu', 'gpu'])
     parser.add_argument('--cpu_threads', type=int, default=1, help='CPU math threads')
+    parser.add_argument('--target_size', nargs=2, type=int, default=None, metavar=('H', 'W'),
+                        help='input size of a dynamic-size export (--image_shape 3 -1 -1 at export)')
+    parser.add_argument('--keep_ratio', action='store_true',
+                        help='dynamic-size export: keep each image\'s aspect ratio within --target_size (or the '
+                             'export\'s size), sides rounded to a multiple of the stride')
     return parser
 
 

@@ -3,6 +3,7 @@
     python deploy/python/infer.py --model_dir output_inference/rtdetr_r50vd_6x_coco --image_file demo.jpg
         [--image_dir dir | --video_file v.mp4] [--batch_size 4] [--threshold 0.5] [--output_dir output]
         [--device CPU --cpu_threads 4 --enable_mkldnn | --device GPU --run_mode paddle|trt_fp32|trt_fp16]
+        [--target_size 480 640] [--keep_ratio]   (a dynamic-size export: tools/export_model.py --image_shape 3 -1 -1)
 
 Needs only paddlepaddle, numpy, OpenCV and PyYAML (not ppdet). Writes the drawn images (or video) and
 results.json (per image: class_id, label, score, bbox [x1, y1, x2, y2] in original pixels) to --output_dir.
@@ -27,14 +28,15 @@ class PaddleDetector(Detector):
         model_dir (str): exported folder.
         device (str): 'CPU' or 'GPU' (ValueError if this Paddle build has no CUDA).
         run_mode (str): 'paddle', or on GPU 'trt_fp32' / 'trt_fp16' (Paddle-TensorRT with a dynamic batch of
-            1..trt_max_batch and the baked H x W).
+            1..trt_max_batch and the baked H x W, or a dynamic-size export's infer_cfg `trt_shape_range`).
         cpu_threads (int): math threads on CPU. enable_mkldnn (bool): oneDNN kernels on CPU.
         trt_max_batch (int): largest batch TensorRT is built for.
+        target_size, keep_ratio: run-time size of a dynamic-size export (see `Detector`).
     """
 
     def __init__(self, model_dir, device='CPU', run_mode='paddle', cpu_threads=1, enable_mkldnn=False,
-                 trt_max_batch=1):
-        super().__init__(model_dir)
+                 trt_max_batch=1, target_size=None, keep_ratio=False):
+        super().__init__(model_dir, target_size, keep_ratio)
         device = device.upper()
         if run_mode not in ('paddle',) + tuple(_TRT_PRECISION):
             raise ValueError(f"run_mode must be paddle, trt_fp32 or trt_fp16, got '{run_mode}'")
@@ -65,12 +67,19 @@ class PaddleDetector(Detector):
                                       min_subgraph_size=self.infer_cfg.get('min_subgraph_size', 3),
                                       precision_mode=_TRT_PRECISION[run_mode], use_static=False,
                                       use_calib_mode=False)
+        config.set_trt_dynamic_shape_info(*self.trt_shapes(max_batch))
+
+    def trt_shapes(self, max_batch):
+        """(min, max, opt) input shapes of the TensorRT engine, each {input name: shape}: batch 1 .. max_batch
+        (opt 1); H x W the baked size, or a dynamic-size export's `trt_shape_range` {min, opt, max: [H, W]}."""
         _, h, w = self.image_shape
-        shapes = {'image': ([1, 3, h, w], [max_batch, 3, h, w]), 'im_shape': ([1, 2], [max_batch, 2]),
-                  'scale_factor': ([1, 2], [max_batch, 2])}
-        config.set_trt_dynamic_shape_info({n: shapes[n][0] for n in self.input_names},
-                                          {n: shapes[n][1] for n in self.input_names},
-                                          {n: shapes[n][0] for n in self.input_names})
+        hw = self.infer_cfg.get('trt_shape_range') or {'min': [h, w], 'opt': [h, w], 'max': [h, w]}
+        if min(hw['min']) <= 0:
+            raise ValueError(f'{self.model_dir}/infer_cfg.yml: a dynamic-size export needs trt_shape_range '
+                             f'{{min, opt, max: [H, W]}} for TensorRT, got {hw}')
+        shapes = {'min': (1, hw['min']), 'opt': (1, hw['opt']), 'max': (max_batch, hw['max'])}
+        return tuple({name: [b, 3] + list(size) if name == 'image' else [b, 2] for name in self.input_names}
+                     for b, size in (shapes[k] for k in ('min', 'max', 'opt')))
 
     def _run(self, feeds):
         for name, value in feeds.items():
@@ -87,7 +96,7 @@ def main(argv=None):
     parser.add_argument('--enable_mkldnn', action='store_true', help='oneDNN kernels on CPU')
     args = parser.parse_args(argv)
     detector = PaddleDetector(args.model_dir, args.device, args.run_mode, args.cpu_threads, args.enable_mkldnn,
-                              trt_max_batch=args.batch_size)
+                              trt_max_batch=args.batch_size, target_size=args.target_size, keep_ratio=args.keep_ratio)
     return run(detector, args)
 
 

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import yaml
 
-__all__ = ['load_infer_cfg', 'find_model_files', 'decode_image', 'Preprocessor', 'check_input_size']
+__all__ = ['load_infer_cfg', 'find_model_files', 'decode_image', 'Preprocessor', 'check_input_size',
+           'run_size_ops']
 
 
 def load_infer_cfg(model_dir):
@@ -38,11 +39,16 @@ def decode_image(path):
     return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
 
 
-def _resize(im, info, target_size, keep_ratio=True, interp=cv2.INTER_LINEAR, **_):
+def _resize(im, info, target_size, keep_ratio=True, interp=cv2.INTER_LINEAR, size_divisor=None, **_):
     h, w = im.shape[:2]
     if keep_ratio:
         scale = min(min(target_size) / min(h, w), max(target_size) / max(h, w))
         scale_y = scale_x = scale
+        if size_divisor:
+            # each side to the nearest multiple of the stride (a dynamic export's keep-ratio mode); scale_factor
+            # keeps the exact per-axis scale, so boxes still land on the original image
+            scale_y, scale_x = (max(size_divisor, int(round(s * scale / size_divisor)) * size_divisor) / s
+                                for s in (h, w))
     else:
         scale_y, scale_x = target_size[0] / h, target_size[1] / w
     # fx/fy (not dsize) as ppdet's Resize, so that OpenCV samples the same source pixels
@@ -103,23 +109,65 @@ class Preprocessor:
         shapes = {im.shape for im, _ in outs}
         if len(shapes) != 1:
             raise ValueError(f'preprocessed images differ in shape {sorted(shapes)}: a batch needs one size '
-                             '(use a Resize with keep_ratio: false)')
+                             '(keep_ratio gives each image its own: use batch size 1, or a fixed target size)')
         return {'image': np.stack([im for im, _ in outs]),
                 'im_shape': np.stack([info['im_shape'] for _, info in outs]),
                 'scale_factor': np.stack([info['scale_factor'] for _, info in outs])}
 
 
 def check_input_size(image, image_shape):
-    """Raise ValueError if `image` [b, 3, H, W] is not the size the export baked (`image_shape` [3, H, W]).
+    """Raise ValueError if `image` [b, 3, H, W] is not the size the export baked (`image_shape` [3, H, W];
+    -1 on a dynamic axis takes any size).
 
     A mismatch would otherwise fail deep in the graph (a broadcast error between the memory and the baked
     position embedding) or, in other engines, give wrong boxes.
     """
-    if image_shape is None or any(int(s) < 0 for s in image_shape[1:]):
+    if image_shape is None:
         return
     got, want = list(image.shape[2:]), [int(s) for s in image_shape[1:]]
-    if got != want:
+    if any(g != s for g, s in zip(got, want) if s > 0):
+        want = ['any' if s < 0 else s for s in want]
         raise ValueError(f'input image is {got[0]}x{got[1]} (HxW) but this model was exported for '
                          f'{want[0]}x{want[1]}: its anchors and position embeddings are baked for that size. '
                          f'Resize the input to {want[0]}x{want[1]} or re-export with '
                          f'--image_shape 3 {got[0]} {got[1]}.')
+
+
+def run_size_ops(ops, infer_cfg, target_size=None, keep_ratio=False):
+    """`ops` (infer_cfg.yml's Preprocess) resizing to the run-time size of a dynamic-size export.
+
+    Args:
+        target_size (list[int]|None): [H, W] to resize to (default: the export's own Resize size).
+        keep_ratio (bool): keep each image's aspect ratio (ppdet's keep_ratio rule on target_size), then round
+            each side to a multiple of infer_cfg's `size_divisor` (the model's largest stride).
+    Returns:
+        list[dict]: a copy of `ops`. Raises ValueError, naming the export's size, for a fixed-size export or a
+        size the export fixed.
+    """
+    if not (target_size or keep_ratio):
+        return ops
+    image_shape = [int(s) for s in infer_cfg.get('image_shape') or []]
+    if -1 not in image_shape[1:]:
+        raise ValueError(f"a run-time size (--target_size / --keep_ratio) needs a dynamic-size export, and this "
+                         f"model was exported for {'x'.join(map(str, image_shape[1:])) or 'one size'} only (its "
+                         "anchors and position embeddings are baked): re-export with --image_shape 3 -1 -1")
+    if target_size is not None:
+        target_size = [int(s) for s in target_size]
+        if len(target_size) != 2 or min(target_size) <= 0:
+            raise ValueError(f'--target_size must be two positive integers H W, got {target_size}')
+        for axis, (s, fixed) in enumerate(zip(target_size, image_shape[1:])):
+            if fixed > 0 and s != fixed:
+                raise ValueError(f"--target_size {target_size[0]} {target_size[1]}: this export fixes "
+                                 f"{'HW'[axis]} at {fixed}")
+    if keep_ratio and max(image_shape[1:]) > 0:
+        raise ValueError(f'--keep_ratio changes H and W, and this export fixes one of them: {image_shape}')
+    out = []
+    for op in ops:
+        op = dict(op)
+        if op['type'] == 'Resize':
+            op['target_size'] = list(target_size or op['target_size'])
+            op['keep_ratio'] = bool(keep_ratio)
+            if keep_ratio:
+                op['size_divisor'] = int(infer_cfg.get('size_divisor', 32))
+        out.append(op)
+    return out

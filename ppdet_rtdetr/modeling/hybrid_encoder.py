@@ -25,9 +25,12 @@ def sincos_position_embedding(h, w, embed_dim=256, temperature=10000., dtype='fl
     omega = 1. / temperature ** (paddle.arange(pos_dim, dtype=dtype) / pos_dim)
     rows = paddle.arange(h, dtype=dtype).unsqueeze(1).expand([h, w]).flatten()  # [h*w]
     cols = paddle.arange(w, dtype=dtype).unsqueeze(0).expand([h, w]).flatten()
-    out_r = rows.unsqueeze(1) * omega.unsqueeze(0)  # [h*w, pos_dim]
-    out_c = cols.unsqueeze(1) * omega.unsqueeze(0)
-    emb = paddle.concat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], axis=1)
+    rows, cols, omega = rows.unsqueeze(1), cols.unsqueeze(1), omega.unsqueeze(0)  # [h*w, 1], [1, pos_dim]
+    # sin and cos each take their own product (omega * x is the same number as x * omega): Paddle Inference
+    # with oneDNN runs sin in place on its input, so a product shared with cos reached cos as sin(product)
+    # (errors up to 2 when an export for any size computes this in the graph instead of baking it)
+    emb = paddle.concat([(rows * omega).sin(), (omega * rows).cos(), (cols * omega).sin(), (omega * cols).cos()],
+                        axis=1)  # [h*w, embed_dim]
     return emb.unsqueeze(0)
 
 
@@ -144,11 +147,13 @@ class RTDETRHybridEncoder(nn.Layer):
                                               for _ in range(n - 1)])
         self.pan_blocks = nn.LayerList([CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, expansion, act, trt)
                                         for _ in range(n - 1)])
+        # (h, w) of each precomputed embedding: matched on both, since a transposed grid has the same token count
+        self._pos_embed_hw = {}
         if self.eval_size:
             for idx in self.use_encoder_idx:
                 s = self.feat_strides[idx]
-                pe = sincos_position_embedding(self.eval_size[0] // s, self.eval_size[1] // s,
-                                               hidden_dim, pe_temperature)
+                self._pos_embed_hw[idx] = (self.eval_size[0] // s, self.eval_size[1] // s)
+                pe = sincos_position_embedding(*self._pos_embed_hw[idx], hidden_dim, pe_temperature)
                 self.register_buffer(f'pos_embed{idx}', pe, persistable=False)
 
     @classmethod
@@ -157,8 +162,14 @@ class RTDETRHybridEncoder(nn.Layer):
                 'feat_strides': [s.stride for s in input_shape]}
 
     def _pos_embed(self, idx, h, w):
+        """[1, h*w, c] embedding of an h x w map: the buffer of `eval_size` when (h, w) is its grid, else computed.
+
+        h and w are ints, or 0-D int tensors when a dynamic-size export traces this (the graph then computes the
+        embedding from the input's shape).
+        """
         cached = getattr(self, f'pos_embed{idx}', None)
-        if self.training or cached is None or cached.shape[1] != h * w:
+        known = isinstance(h, int) and isinstance(w, int)
+        if self.training or cached is None or not known or self._pos_embed_hw[idx] != (h, w):
             return sincos_position_embedding(h, w, self.hidden_dim, self.pe_temperature)
         return cached
 

@@ -166,8 +166,8 @@ class RTDETRDeformableTransformer(nn.Layer):
 
     def _select_topk(self, enc_logits):
         """Indices [b, n] of the selected memory tokens."""
-        num_tokens = enc_logits.shape[1]
-        if 0 <= num_tokens < self.num_queries:
+        num_tokens = enc_logits.shape[1]  # a shape tensor when a dynamic-size export traces this
+        if isinstance(num_tokens, int) and 0 <= num_tokens < self.num_queries:
             raise ValueError(f'the input is too small: its feature maps have {num_tokens} tokens, fewer than '
                              f'num_queries={self.num_queries}; use a larger input size or fewer queries')
         if self.query_select_method == 'one2many':

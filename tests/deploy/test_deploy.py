@@ -1,5 +1,5 @@
 """The deploy scripts and infer_cfg.yml: boxes land on the original images, the CLI reproduces dygraph,
-a size the anchors were not baked for is a clear error.
+a size the anchors were not baked for is a clear error, a dynamic-size export runs at the size asked for.
 
 The dygraph references (export_case.py) ran each image alone through ppdet's own TestReader transforms;
 the deploy scripts preprocess from infer_cfg.yml, several images of different sizes per batch.
@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers.export_utils import (CASES, IMAGE_SIZES, ExportCase, assert_same_detections,  # noqa: F401
-                          ort_infer, paddle_infer)  # fixtures
+from helpers.export_utils import (CASES, DYNAMIC_CASES, IMAGE_SIZES, RAW_CASES, ExportCase,  # noqa: F401
+                                  assert_same_detections, ort_infer, paddle_infer)  # fixtures
 
 PPDET_INFER_CFG_KEYS = ['mode', 'draw_threshold', 'metric', 'use_dynamic_shape', 'arch', 'min_subgraph_size',
                         'Preprocess', 'label_list']
-EXPORT_SIZES = {'default': [64, 96], 'discrete_raw': [96, 64]}
+EXPORT_SIZES = {'default': [64, 96], 'discrete_raw': [96, 64], 'dynamic': [-1, -1], 'dynamic_v2_raw': [-1, -1]}
+# a dynamic export resizes to TestReader's size by default; TensorRT range: half / twice it, in multiples of 32
+DEFAULT_RUN_SIZE = [64, 96]
+TRT_RANGE = {'min': [32, 64], 'opt': [64, 96], 'max': [128, 192]}
 
 
 @pytest.fixture(scope='module')
@@ -35,12 +38,16 @@ def test_infer_cfg_has_ppdet_fields_and_export_size(name):
     with open(os.path.join(case.model_dir, 'infer_cfg.yml')) as f:
         cfg = yaml.safe_load(f)
     assert list(cfg)[:len(PPDET_INFER_CFG_KEYS)] == PPDET_INFER_CFG_KEYS, list(cfg)
-    assert (cfg['arch'], cfg['use_dynamic_shape'], cfg['mode']) == ('DETR', False, 'paddle')
+    dynamic = name in DYNAMIC_CASES
+    assert (cfg['arch'], cfg['use_dynamic_shape'], cfg['mode']) == ('DETR', dynamic, 'paddle')
     assert cfg['label_list'] == ['class_0', 'class_1', 'class_2', 'class_3']  # no annotation file: 4 classes
     resize = [op for op in cfg['Preprocess'] if op['type'] == 'Resize']
-    assert resize == [{'type': 'Resize', 'target_size': EXPORT_SIZES[name], 'keep_ratio': False, 'interp': 2}]
+    run_size = DEFAULT_RUN_SIZE if dynamic else EXPORT_SIZES[name]
+    assert resize == [{'type': 'Resize', 'target_size': run_size, 'keep_ratio': False, 'interp': 2}]
     assert cfg['image_shape'] == [3] + EXPORT_SIZES[name]
-    assert cfg['exclude_post_process'] == (name == 'discrete_raw')
+    assert cfg['exclude_post_process'] == (name in RAW_CASES)
+    assert cfg.get('trt_shape_range') == (TRT_RANGE if dynamic else None)
+    assert cfg.get('size_divisor') == (32 if dynamic else None)
 
 
 def test_boxes_land_on_each_original_image(default_case, paddle_infer):
@@ -112,3 +119,77 @@ def test_wrong_input_size_names_both_sizes(default_case, engine, request):
               'scale_factor': np.ones([1, 2], 'float32')}
     with pytest.raises(ValueError, match=r'input image is 96x64 \(HxW\) but this model was exported for 64x96'):
         detector.predict(inputs)
+
+
+@pytest.mark.parametrize('engine', ['paddle', 'onnxruntime'])
+def test_dynamic_export_runs_at_the_target_size(engine, tmp_path, request):
+    """--target_size 96 64 (transposed) and 128 160 on one dynamic export: the detections of dygraph models
+    built for those sizes, in batches of 2 images of different original sizes."""
+    module = request.getfixturevalue('paddle_infer' if engine == 'paddle' else 'ort_infer')
+    for name in DYNAMIC_CASES:
+        case = ExportCase(name)
+        if engine == 'onnxruntime' and not os.path.isfile(os.path.join(case.model_dir, 'model.onnx')):
+            pytest.skip('paddle2onnx is not installed: no model.onnx')
+        for h, w in case.sizes[1:]:
+            out = str(tmp_path / f'{name}_{h}x{w}')
+            module.main(['--model_dir', case.model_dir, '--image_dir', case.images_dir, '--batch_size', '2',
+                         '--threshold', '0', '--output_dir', out, '--target_size', str(h), str(w)])
+            for image, det in _results_by_image(out).items():
+                assert_same_detections(det, case.ref[f'file_{image}@{h}x{w}'], what=f'{engine} {name} {image} {h}x{w}')
+
+
+def test_keep_ratio_rounds_to_the_stride(paddle_infer, ort_infer, tmp_path):
+    """--keep_ratio: each image at its own size, sides multiples of 32, boxes equal to dygraph at that size and
+    on the original image (the reference computes the size with its own formula)."""
+    case = ExportCase('dynamic')
+    detector = paddle_infer.PaddleDetector(case.model_dir, keep_ratio=True)
+    for path, name in zip(_image_paths(case), sorted(IMAGE_SIZES)):
+        image = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+        inputs = detector.preprocess([image])
+        h, w = inputs['image'].shape[2:]
+        assert h % 32 == 0 and w % 32 == 0, f'{name}: keep-ratio size {h}x{w} is not a multiple of 32'
+        np.testing.assert_allclose(inputs['scale_factor'][0], [h / IMAGE_SIZES[name][0], w / IMAGE_SIZES[name][1]],
+                                   rtol=1e-6)
+    if not os.path.isfile(os.path.join(case.model_dir, 'model.onnx')):
+        pytest.skip('paddle2onnx is not installed: no model.onnx')
+    out = str(tmp_path / 'keep')
+    ort_infer.main(['--model_dir', case.model_dir, '--image_dir', case.images_dir, '--threshold', '0',
+                    '--output_dir', out, '--keep_ratio'])
+    for image, det in _results_by_image(out).items():
+        assert_same_detections(det, case.ref[f'file_{image}@keep'], what=f'keep-ratio {image}')
+
+
+@pytest.mark.parametrize('option', [{'target_size': [96, 64]}, {'keep_ratio': True}])
+def test_fixed_export_refuses_a_run_time_size(default_case, paddle_infer, option):
+    with pytest.raises(ValueError, match=r'needs a dynamic-size export, and this model was exported for 64x96 '
+                                         r'only .* re-export with --image_shape 3 -1 -1'):
+        paddle_infer.PaddleDetector(default_case.model_dir, **option)
+
+
+class _RecordingConfig:
+    """Stands in for paddle.inference.Config: records the TensorRT calls (no GPU here)."""
+
+    def __init__(self):
+        self.calls = {}
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.setdefault(name, (args, kwargs))
+
+
+@pytest.mark.parametrize('name', ['default', 'dynamic_v2_raw'])
+def test_trt_run_modes_use_the_export_size_range(name, paddle_infer):
+    """trt_* run modes: a fixed export's engine takes its one size, a dynamic export's the infer_cfg range
+    (min / max / opt image shapes; batch 1 .. --batch_size)."""
+    case = ExportCase(name)
+    detector = paddle_infer.PaddleDetector(case.model_dir)
+    config = _RecordingConfig()
+    detector._enable_trt(config, 'trt_fp16', 4)
+    assert config.calls['enable_tensorrt_engine'][1]['max_batch_size'] == 4
+    lo, hi, opt = config.calls['set_trt_dynamic_shape_info'][0]
+    if name == 'default':
+        assert (lo['image'], hi['image'], opt['image']) == ([1, 3, 64, 96], [4, 3, 64, 96], [1, 3, 64, 96])
+        assert lo['im_shape'] == lo['scale_factor'] == [1, 2] and hi['im_shape'] == [4, 2]
+    else:
+        assert list(lo) == ['image'], 'a raw export has one input'
+        assert (lo['image'], hi['image'], opt['image']) == ([1, 3] + TRT_RANGE['min'], [4, 3] + TRT_RANGE['max'],
+                                                            [1, 3] + TRT_RANGE['opt'])

@@ -10,7 +10,7 @@ from helpers.export_utils import ROOT
 
 sys.path.insert(0, ROOT)
 
-from ppdet_rtdetr.export import resolve_export_size  # noqa: E402
+from ppdet_rtdetr.export import resolve_export_size, trt_shape_range  # noqa: E402
 from ppdet_rtdetr.modeling.hybrid_encoder import upsample_nearest  # noqa: E402
 
 
@@ -29,9 +29,32 @@ def test_upsample_nearest_equals_interpolate(hw, size):
     np.testing.assert_allclose(grad_got.numpy(), grad_want.numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_dynamic_size_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match=r'need a fixed input size .* got H x W = \[-1, -1\]'):
-        resolve_export_size({'eval_size': None}, [3, -1, -1])
+@pytest.mark.parametrize('image_shape', [[3, -1, -1], [3, -1, 640]])
+def test_dynamic_size_unsets_eval_size(image_shape):
+    """-1 on an axis: the modules are built without baked anchors / position embeddings."""
+    from ppdet.core import workspace
+    assert resolve_export_size({'eval_size': [640, 640]}, image_shape) == image_shape[1:]
+    assert workspace.global_config['eval_size'] is None
+    assert resolve_export_size({'eval_size': [640, 640]}) == [640, 640]
+    assert workspace.global_config['eval_size'] == [640, 640]
+
+
+@pytest.mark.parametrize('bad', [[3, 0, 640], [3, -2, 640]])
+def test_invalid_size_is_refused(bad):
+    with pytest.raises(ValueError, match=r'must be positive integers, or -1 for a dynamic axis'):
+        resolve_export_size({'eval_size': None}, bad)
+
+
+def test_trt_shape_range_defaults_and_checks():
+    assert trt_shape_range([640, 640], 32) == {'min': [320, 320], 'opt': [640, 640], 'max': [1280, 1280]}
+    assert trt_shape_range([64, 96], 32, max_size=[96, 96]) == {'min': [32, 64], 'opt': [64, 96], 'max': [96, 96]}
+    with pytest.raises(ValueError, match=r'min <= opt <= max on H and W, got min \[700, 320\], opt \[640, 640\]'):
+        trt_shape_range([640, 640], 32, min_size=[700, 320])
+    # H dynamic, W fixed at 640: W stays 640 in the whole range
+    assert trt_shape_range([640, 640], 32, size=[-1, 640]) == {'min': [320, 640], 'opt': [640, 640],
+                                                                'max': [1280, 640]}
+    with pytest.raises(ValueError, match=r'varies W, which this export fixes at 640'):
+        trt_shape_range([640, 640], 32, max_size=[800, 800], size=[-1, 640])
 
 
 def test_no_size_anywhere_is_refused():
@@ -50,6 +73,7 @@ def test_repeated_o_options_are_merged():
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     args = tool.parse_args(['-c', 'x.yml', '-o', 'weights=w', '--image_shape', '3', '32', '64', '-o', 'trt=True',
-                            'eval_size=[32,64]', '--onnx'])
+                            'eval_size=[32,64]', '--onnx', '--trt_max_size', '96', '128'])
+    assert args.trt_max_size == [96, 128] and args.trt_min_size is None
     assert args.opt == {'weights': 'w', 'trt': True, 'eval_size': [32, 64]}
     assert args.image_shape == [3, 32, 64] and args.onnx

@@ -3,8 +3,10 @@
 Cases (each exported in its own process by export_case.py, with the same seeded random weights):
 - `default`: grid_sample sampler at the training size 64x96 (non-square), post-process in the graph;
 - `discrete_raw`: the discrete (gather) sampler, trt=True activations, exported at another size, 96x64
-  (--image_shape 3 96 64), with exclude_post_process (raw outputs, top-k in the deploy scripts).
-Two cases cover every option on every engine; each export costs ~20 s of CPU.
+  (--image_shape 3 96 64), with exclude_post_process (raw outputs, top-k in the deploy scripts);
+- `dynamic`: as `default`, exported for any size (--image_shape 3 -1 -1), checked at 64x96, 96x64 and 128x160;
+- `dynamic_v2_raw`: RT-DETRv2 (per-level points [4, 2, 2]), discrete sampler, trt=True, raw outputs, any size.
+Four cases cover every option on every engine, fixed and dynamic; each export costs ~20 s of CPU.
 
 Not a conftest.py: a second `conftest` module would replace tests/conftest.py in sys.modules for every test
 module collected after it (`from conftest import ...`). The exports are cached at module level instead, so
@@ -28,7 +30,13 @@ CASES = {
     'default': [],
     'discrete_raw': ['--image_shape', '3', '96', '64', '-o', 'RTDETRDeformableTransformer.cross_attn_method=discrete',
                      'trt=True', 'exclude_post_process=True'],
+    'dynamic': ['--image_shape', '3', '-1', '-1'],
+    'dynamic_v2_raw': ['--image_shape', '3', '-1', '-1', '-o', 'RTDETRDeformableTransformer.cross_attn_method=discrete',
+                       'RTDETRDeformableTransformer.num_decoder_points=[4,2,2]', 'trt=True',
+                       'exclude_post_process=True'],
 }
+RAW_CASES = ('discrete_raw', 'dynamic_v2_raw')
+DYNAMIC_CASES = ('dynamic', 'dynamic_v2_raw')
 IMAGE_SIZES = {'a_wide': (120, 200), 'b_small': (64, 96), 'c_tall': (300, 150)}  # (h, w) of the test images
 _EXPORT_ROOT = []
 
@@ -78,18 +86,25 @@ class ExportCase:
         self.images_dir = os.path.join(root, 'images')
         self.model_dir = os.path.join(root, name, 'rtdetr_tiny')
         self.ref = dict(np.load(os.path.join(root, name, 'reference.npz')))
+        self.sizes = [tuple(int(v) for v in s) for s in self.ref['sizes']]  # [0]: the export's default size
 
-    def inputs(self, batch):
-        """The first `batch` reference inputs, as fed to the model."""
-        image = self.ref['image'][:batch]
+    def at(self, key, size=None):
+        """Reference array `key` at input size (h, w) (default: the export's default size)."""
+        h, w = size or self.sizes[0]
+        return self.ref[f'{key}@{h}x{w}']
+
+    def inputs(self, batch, size=None):
+        """The first `batch` reference inputs at `size`, as fed to the model."""
+        image = self.at('image', size)[:batch]
         h, w = image.shape[2:]
         return {'image': image, 'im_shape': np.array([[h, w]] * batch, 'float32'),
-                'scale_factor': self.ref['scale_factor'][:batch]}
+                'scale_factor': self.at('scale_factor', size)[:batch]}
 
-    def ref_bbox(self, batch):
-        """Dygraph (bbox, bbox_num) of the first `batch` reference inputs."""
-        k = len(self.ref['bbox']) // len(self.ref['bbox_num'])
-        return self.ref['bbox'][:batch * k], self.ref['bbox_num'][:batch]
+    def ref_bbox(self, batch, size=None):
+        """Dygraph (bbox, bbox_num) of the first `batch` reference inputs at `size`."""
+        bbox, bbox_num = self.at('bbox', size), self.at('bbox_num', size)
+        k = len(bbox) // len(bbox_num)
+        return bbox[:batch * k], bbox_num[:batch]
 
 
 def load_deploy_module(relpath, name):

@@ -51,8 +51,24 @@ def test_encoder_uses_precomputed_buffers_only_for_their_size():
                               eval_size=[64, 96])
     enc.eval()
     assert 'pos_embed2' not in enc.state_dict(), 'position embeddings must stay out of checkpoints'
+    assert enc._pos_embed(2, 2, 3) is enc.pos_embed2, 'the eval_size grid must use the buffer'
     np.testing.assert_allclose(enc._pos_embed(2, 2, 3).numpy(), sincos_position_embedding(2, 3, 16).numpy())
-    assert enc._pos_embed(2, 3, 2).shape == [1, 6, 16]
     feats = [paddle.rand([1, 8, 64 // s, 96 // s]) for s in (8, 16, 32)]
     outs = enc(feats)
     assert [tuple(o.shape) for o in outs] == [(1, 16, 8, 12), (1, 16, 4, 6), (1, 16, 2, 3)]
+
+
+def test_transposed_eval_size_gets_its_own_embedding():
+    """eval_size 64x96 gives a 2x3 grid on level 2; a 96x64 input gives 3x2, the same 6 tokens. Its embedding
+    must be the 3x2 one (rows and columns swapped otherwise), checked against the formula, not the shape."""
+    from ppdet_rtdetr.modeling.hybrid_encoder import RTDETRHybridEncoder
+    enc = RTDETRHybridEncoder(in_channels=[8, 8, 8], hidden_dim=16, encoder_layer=dict(nhead=2, dim_feedforward=32),
+                              eval_size=[64, 96])
+    enc.eval()
+    got = enc._pos_embed(2, 3, 2).numpy()[0]
+    omega = 1. / 10000. ** (np.arange(4) / 4)
+    for r in range(3):
+        for c in range(2):
+            want = np.concatenate([np.sin(r * omega), np.cos(r * omega), np.sin(c * omega), np.cos(c * omega)])
+            err = np.abs(got[r * 2 + c] - want).max()
+            assert err < 1e-6, f'token ({r}, {c}) of the 3x2 grid: max error {err} (the 2x3 buffer was used?)'
