@@ -45,7 +45,9 @@ def upsample_nearest(x, size):
     known at trace time, take two index gathers with F.interpolate's source index floor(i * h / H).
     """
     h, w = x.shape[2:]
-    if min(h, w, size[0], size[1]) > 0 and size[0] % h == 0 and size[1] % w == 0:
+    # an export for any input size traces the sizes as shape tensors (or -1): only Python ints are known
+    known = all(isinstance(v, int) and v > 0 for v in (h, w, size[0], size[1]))
+    if known and size[0] % h == 0 and size[1] % w == 0:
         c = x.shape[1]
         big_h, big_w = size
         # [b, c, h, w] -> [b, c*h, 1, w] -> [b, c*h, H/h, w] -> [b, c, H, w]
