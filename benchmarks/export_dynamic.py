@@ -12,7 +12,6 @@ every round) and each round's ratio dynamic / fixed is taken between neighbours;
 measurement, and per engine the median and range of the ratios.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 
 import numpy as np
 
-from ppdet_rtdetr.benchmark.harness import run_worker
+from ppdet_rtdetr.benchmark.harness import emit_report, run_worker
 from ppdet_rtdetr.benchmark.probe import worker_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,11 +106,7 @@ def main(argv=None):
             report['models'][config] = model
     report['load_avg_1min_after'] = os.getloadavg()[0]
     report['notes'] = args.note
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        with open(args.output, 'w') as f:
-            f.write(text + '\n')
+    emit_report(report, args.output)
     return report
 
 

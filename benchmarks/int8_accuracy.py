@@ -9,7 +9,6 @@ the TrainDataset, sensitivity sweep on), then runs both ONNX files on every Eval
 config's TestReader (the deploy preprocessing) and scores them with pycocotools against the annotation file.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from ppdet_rtdetr.benchmark.harness import emit_report  # noqa: E402
 
 
 def _tool(name, args):
@@ -91,11 +92,7 @@ def main(argv=None):
     report['AP_difference'] = round(report['int8']['AP'] - report['fp32']['AP'], 4)
     report['drift_on_eval_images'] = detection_drift(dets['fp32'], dets['int8'])
     report['notes'] = args.note
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        with open(args.output, 'w') as f:
-            f.write(text + '\n')
+    emit_report(report, args.output)
     return report
 
 

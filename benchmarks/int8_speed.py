@@ -24,7 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ppdet_rtdetr.benchmark.harness import prepare, run_worker  # noqa: E402
+from ppdet_rtdetr.benchmark.harness import emit_report, prepare, run_worker  # noqa: E402
 from ppdet_rtdetr.benchmark.probe import machine  # noqa: E402
 from ppdet_rtdetr.quant import GROUPS, detection_drift, quantize_export  # noqa: E402
 from ppdet_rtdetr.quant.sensitivity import OrtRunner  # noqa: E402
@@ -136,11 +136,7 @@ def main(argv=None):
         (name, [r[f'speedup_{name}'] for r in rounds]) for name in names)} if rounds else {}
     report['machine']['load_avg_1min_after'] = os.getloadavg()[0]
     report['notes'] = args.note
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        with open(args.output, 'w') as f:
-            f.write(text + '\n')
+    emit_report(report, args.output)
     return report
 
 

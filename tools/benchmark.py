@@ -11,10 +11,9 @@ before and after as this machine's reference speed. dygraph also reports its sta
 transformer, post-process); --profile adds the per-op share of Paddle Inference / onnxruntime. Prints the
 JSON (and writes it to --output). The work is done by ppdet_rtdetr.benchmark (see its harness.py).
 """
-import json
 import tempfile
 
-from ppdet_rtdetr.benchmark.harness import run_benchmark
+from ppdet_rtdetr.benchmark.harness import emit_report, run_benchmark
 from ppdet_rtdetr.benchmark.worker import ENGINES
 from ppdet_rtdetr.cli import ToolArgsParser
 
@@ -40,11 +39,7 @@ def main(argv=None):
         report = run_benchmark(args.config, args.opt, args.image_shape, args.engines, args.batch_sizes,
                                args.cpu_threads, work_dir, args.warmup, args.runs, args.gemm_size, args.profile)
     report = dict(tool='tools/benchmark.py', **report, notes=args.note)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        with open(args.output, 'w') as f:
-            f.write(text + '\n')
+    emit_report(report, args.output)
     return report
 
 

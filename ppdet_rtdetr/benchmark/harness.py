@@ -17,7 +17,7 @@ from .flops import count_gflops
 from .probe import machine, worker_env
 from .runners import ROOT
 
-__all__ = ['prepare', 'run_worker', 'summarize', 'stage_fractions', 'run_benchmark']
+__all__ = ['prepare', 'run_worker', 'summarize', 'stage_fractions', 'run_benchmark', 'emit_report']
 
 
 def prepare(config, opt, image_shape, work_dir, onnx=True):
@@ -131,3 +131,12 @@ def run_benchmark(config, opt, image_shape, engines, batch_sizes, cpu_threads, w
     report['results'] = results
     report['machine']['load_avg_1min_after'] = os.getloadavg()[0]
     return report
+
+
+def emit_report(report, output=None):
+    """Print a benchmark report as JSON (what every benchmark script ends with) and also write it to `output`."""
+    text = json.dumps(report, indent=1)
+    print(text)
+    if output:
+        with open(output, 'w') as f:
+            f.write(text + '\n')

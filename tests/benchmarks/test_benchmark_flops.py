@@ -1,5 +1,6 @@
 """ppdet_rtdetr.benchmark: GFLOPs (multiply-add = 2) of convs, linears and attention per top-level part, and the
 dygraph stage times stamped by forward hooks."""
+import json
 import sys
 import time
 
@@ -74,3 +75,12 @@ def test_stage_hooks_time_each_stage_of_the_models_own_forward():
     # sleeps last at least their time; the margin covers a loaded machine's scheduling delays
     assert all(w <= g < w + 0.03 for g, w in zip(got, want)), f'stage times {got.tolist()}, slept {want}'
     assert stages().shape == (4,), 'the hooks must be removed after each call (no extra stamps)'
+
+
+def test_emit_report_prints_and_writes_the_same_json(tmp_path, capsys):
+    from ppdet_rtdetr.benchmark.harness import emit_report
+    report = {'engine': 'onnxruntime', 'latency_ms': {'median': 12.5}, 'notes': ['a']}
+    emit_report(report, str(tmp_path / 'r.json'))
+    printed = capsys.readouterr().out
+    assert json.loads(printed) == report
+    assert (tmp_path / 'r.json').read_text() == printed
