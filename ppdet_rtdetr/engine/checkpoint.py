@@ -181,13 +181,7 @@ def load_checkpoint(model, path, optimizer, ema=None):
         ema_state, model_state = read_state(path + '.pdparams'), read_state(path + '.pdema')
     else:
         model_state = read_state(path + '.pdparams')
-    own = model.state_dict()
-    missing = [key for key in own if key not in model_state]
-    if missing:
-        raise KeyError('--resume {}: the checkpoint lacks {} of the model\'s {} weights ({}{}): it was not '
-                       'written for this config'.format(path, len(missing), len(own), ', '.join(missing[:5]),
-                                                        ', ...' if len(missing) > 5 else ''))
-    model.set_dict({key: _as_dtype(model_state[key], value.dtype) for key, value in own.items()})
+    _fill_every_weight(model, model_state, '--resume {}: the checkpoint'.format(path))
     logger.info('Finish resuming model weights: {}'.format(path + '.pdparams'))
 
     optimizer_state = read_state(path + '.pdopt')
@@ -197,6 +191,22 @@ def load_checkpoint(model, path, optimizer, ema=None):
     if ema_state is not None:
         ema.resume(ema_state, optimizer_state['LR_Scheduler']['last_epoch'])
     return last_epoch
+
+
+def _fill_every_weight(model, state, source):
+    """Set every state-dict entry of ``model`` from ``state`` (cast to the model's dtypes).
+
+    Raises:
+        KeyError: ``state`` lacks some of the model's keys; the message starts with ``source`` (e.g.
+            "weights x.pdparams: the file") and names the first five.
+    """
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    if missing:
+        raise KeyError('{} lacks {} of the model\'s {} weights ({}{}): it was not written for this '
+                       'config'.format(source, len(missing), len(own), ', '.join(missing[:5]),
+                                       ', ...' if len(missing) > 5 else ''))
+    model.set_dict({key: _as_dtype(state[key], value.dtype) for key, value in own.items()})
 
 
 def _as_dtype(value, dtype):
@@ -222,13 +232,7 @@ def load_model_weights(model, weights):
     if not os.path.isfile(path):
         raise FileNotFoundError('weights {}: {} does not exist'.format(weights, path))
     state = read_state(path)
-    own = model.state_dict()
-    missing = [key for key in own if key not in state]
-    if missing:
-        raise KeyError('weights {}: the file lacks {} of the model\'s {} weights ({}{}): it was not written for '
-                       'this config'.format(path, len(missing), len(own), ', '.join(missing[:5]),
-                                            ', ...' if len(missing) > 5 else ''))
-    model.set_dict({key: _as_dtype(state[key], value.dtype) for key, value in own.items()})
+    _fill_every_weight(model, state, 'weights {}: the file'.format(path))
     logger.info('Loaded the model weights from {}'.format(path))
 
 
