@@ -27,29 +27,18 @@ sys.path.insert(0, ROOT)
 from ppdet_rtdetr.benchmark.harness import emit_report, prepare, run_worker  # noqa: E402
 from ppdet_rtdetr.benchmark.probe import machine  # noqa: E402
 from ppdet_rtdetr.quant import GROUPS, detection_drift, quantize_export  # noqa: E402
+from ppdet_rtdetr.quant.calibration import FeedReader  # noqa: E402
 from ppdet_rtdetr.quant.sensitivity import OrtRunner  # noqa: E402
 
 GOLDEN = os.path.join(ROOT, 'tests', 'reference', 'rtdetr_r18vd_golden.npz')
 
 
-class _GoldenImages:
+def _golden_images():
     """The golden reference's images as model feeds (pixels / 255, as the COCO configs' NormalizeImage)."""
-
-    def __init__(self):
-        golden = np.load(GOLDEN)
-        images = (golden['image_u8'].astype('float32') * np.float32(1 / 255.)).transpose(0, 3, 1, 2)
-        self.feeds = [{'image': images[i:i + 1], 'im_shape': golden['im_shape'][i:i + 1].astype('float32'),
-                       'scale_factor': golden['scale_factor'][i:i + 1].astype('float32')} for i in range(len(images))]
-        self.rewind()
-
-    def get_next(self):
-        return next(self._iter, None)
-
-    def rewind(self):
-        self._iter = iter(self.feeds)
-
-    def __len__(self):
-        return len(self.feeds)
+    golden = np.load(GOLDEN)
+    images = (golden['image_u8'].astype('float32') * np.float32(1 / 255.)).transpose(0, 3, 1, 2)
+    return FeedReader({'image': images[i:i + 1], 'im_shape': golden['im_shape'][i:i + 1].astype('float32'),
+                       'scale_factor': golden['scale_factor'][i:i + 1].astype('float32')} for i in range(len(images)))
 
 
 def _hashinit_weights(config, path):
@@ -81,7 +70,7 @@ def build(args):
     with open(facts_file) as f:
         facts = json.load(f)
     if not args.compare and not os.path.isfile(os.path.join(int8_dir, 'model.onnx')):
-        quantize_export(fp32_dir, int8_dir, _GoldenImages(), '2 COCO images of the R18vd golden reference',
+        quantize_export(fp32_dir, int8_dir, _golden_images(), '2 COCO images of the R18vd golden reference',
                         args.fp32_groups, args.tolerance, threads=args.cpu_threads)
     return facts, fp32_dir, int8_dir
 
@@ -108,7 +97,7 @@ def main(argv=None):
     report = {'tool': 'benchmarks/int8_speed.py', 'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': machine()}
     report['model'], fp32_dir, _ = build(args)
     names = args.compare or [args.int8_name]
-    images = _GoldenImages()
+    images = _golden_images()
     ref = OrtRunner(os.path.join(fp32_dir, 'model.onnx'), args.cpu_threads)(images.feeds)
     report['int8'] = {}
     for name in names:

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-__all__ = ['dataset_image_paths', 'folder_image_paths', 'pick_evenly', 'ConfigPreprocess',
+__all__ = ['dataset_image_paths', 'folder_image_paths', 'pick_evenly', 'ConfigPreprocess', 'FeedReader',
            'ImageCalibrationReader']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -80,23 +80,15 @@ class ConfigPreprocess:
                 'scale_factor': np.asarray(sample['scale_factor'], 'float32')[None]}
 
 
-class ImageCalibrationReader:
-    """onnxruntime CalibrationDataReader over preprocessed images, one image per run.
+class FeedReader:
+    """onnxruntime CalibrationDataReader over a fixed list of feeds ({input name: array [1, ...]}).
 
-    Args:
-        paths (list[str]): image files.
-        preprocess (callable): path -> {input name: array [1, ...]} (e.g. `ConfigPreprocess`).
-        input_names (list[str]): the model's inputs; other keys of `preprocess`'s result are dropped.
-
-    The feeds are computed once and kept, so the reader can be rewound (`rewind()`) and read again, as the
-    sensitivity sweep does; `get_next()` returns None at the end, as onnxruntime expects.
+    The feeds are kept, so the reader can be rewound (`rewind()`) and read again, as the sensitivity sweep does;
+    `get_next()` returns None at the end, as onnxruntime expects.
     """
 
-    def __init__(self, paths, preprocess, input_names):
-        self.feeds = [{name: value for name, value in preprocess(p).items() if name in input_names} for p in paths]
-        missing = set(input_names) - set(self.feeds[0]) if self.feeds else set()
-        if missing:
-            raise ValueError(f'the preprocessing gives no {sorted(missing)} (model inputs: {list(input_names)})')
+    def __init__(self, feeds):
+        self.feeds = list(feeds)
         self.rewind()
 
     def get_next(self):
@@ -110,3 +102,20 @@ class ImageCalibrationReader:
 
     def __iter__(self):
         return iter(self.feeds)
+
+
+class ImageCalibrationReader(FeedReader):
+    """A `FeedReader` over preprocessed images, one image per run, computed once.
+
+    Args:
+        paths (list[str]): image files.
+        preprocess (callable): path -> {input name: array [1, ...]} (e.g. `ConfigPreprocess`).
+        input_names (list[str]): the model's inputs; other keys of `preprocess`'s result are dropped.
+    """
+
+    def __init__(self, paths, preprocess, input_names):
+        feeds = [{name: value for name, value in preprocess(p).items() if name in input_names} for p in paths]
+        missing = set(input_names) - set(feeds[0]) if feeds else set()
+        if missing:
+            raise ValueError(f'the preprocessing gives no {sorted(missing)} (model inputs: {list(input_names)})')
+        super().__init__(feeds)
