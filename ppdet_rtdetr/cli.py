@@ -24,6 +24,7 @@ from ppdet.utils.cli import ArgsParser, merge_args
 
 from .compat import resolve_device
 from .config import load_config
+from .delegate import Delegate
 
 __all__ = ['OverrideError', 'ToolArgsParser', 'apply_overrides', 'load_tool_config', 'merge_opt_lists',
            'str2bool']
@@ -111,7 +112,7 @@ def _list_item_error(path, current, values):
     try:
         position = int(index)
         if isinstance(item, Mapping) and isinstance(edited[position], dict):
-            _merge(edited[position], item, path + (str(index),))
+            _merge(edited[position], item, path + (str(index),), {})
         else:
             edited[position] = item
         flow = yaml.safe_dump(edited, default_flow_style=True, sort_keys=False, width=float('inf')).strip()
@@ -127,22 +128,25 @@ def _set(target, key, value):
         setattr(target, key, value)
 
 
-def _merge(target, values, path):
-    """Merges the nested `-o` dict `values` into `target` (a dict, or a config object when `path` names one)."""
+def _merge(target, values, path, root):
+    """Merges the nested `-o` dict `values` into `target` (a dict, or a config object when `path` names one).
+
+    `root` is the whole config: a `!Delegate` entry's settings are the section of the module it names there."""
+    if isinstance(target, Delegate) and isinstance(root.get(target.to), dict):
+        # `-o TrainReader.batch_size=8` where TrainReader is `!Delegate {to: RTDETRTrainReader}` (every v2
+        # config, and an official one after translation) means what it says: RTDETRTrainReader.batch_size
+        target = root[target.to]
     is_object = not isinstance(target, dict)
     for key, value in values.items():
         here = path + (str(key),)
         if is_object and not hasattr(target, key):
-            hint = ''
-            if hasattr(target, 'to'):  # a !Delegate entry: its settings are those of the module it names
-                hint = ' ({} is a !Delegate: set -o {}.{}=...)'.format('.'.join(path), target.to, key)
-            raise OverrideError('-o {}: {} has no attribute {!r}{}'.format(
-                _first_leaf(path, {key: value}), type(target).__name__, key, hint))
+            raise OverrideError('-o {}: {} has no attribute {!r}'.format(
+                _first_leaf(path, {key: value}), type(target).__name__, key))
         current = getattr(target, key) if is_object else (target[key] if key in target else None)
         if not isinstance(value, Mapping):
             _set(target, key, value)
         elif isinstance(current, dict) or _is_config_object(current):
-            _merge(current, value, here)
+            _merge(current, value, here, root)
         elif isinstance(current, (list, tuple)):
             raise _list_item_error(here, current, value)
         elif current is None:
@@ -168,7 +172,7 @@ def apply_overrides(overrides, config=None):
         dict: the changed config.
     """
     config = workspace.global_config if config is None else config
-    _merge(config, overrides or {}, ())
+    _merge(config, overrides or {}, (), config)
     return config
 
 

@@ -88,14 +88,25 @@ def test_an_attribute_the_dataset_lacks_is_refused():
     assert cfg.TrainDataset.anno_path == 'annotations/instances_train2017.json'
 
 
-def test_a_delegate_entry_names_the_module_to_set():
+def test_an_override_below_a_delegate_entry_sets_the_module_it_names():
+    """`-o TrainReader.batch_size=8` on a config whose TrainReader is `!Delegate {to: RTDETRTrainReader}` (every v2
+    config, every official v2 config after translation) sets RTDETRTrainReader, what the Trainer builds."""
     cfg = fresh_config(V2_CFG)
+    assert cfg['RTDETRTrainReader']['batch_size'] == 4
+    apply_overrides({'TrainReader': {'batch_size': 8, 'sample_transforms': []}})
+    assert cfg['RTDETRTrainReader']['batch_size'] == 8 and cfg['RTDETRTrainReader']['sample_transforms'] == []
+    assert cfg['TrainReader']['batch_size'] == 8 and type(cfg['TrainReader']).__name__ == 'Delegate'
+    apply_overrides({'OptimizerBuilder': {'clip_grad_by_norm': 1.0, 'optimizer': {'weight_decay': 0.05}}})
+    assert cfg['RTDETROptimizerBuilder']['clip_grad_by_norm'] == 1.0
+    assert cfg['RTDETROptimizerBuilder']['optimizer'] == {'type': 'AdamW', 'weight_decay': 0.05}
+
+
+def test_a_delegate_without_its_section_refuses_the_override():
+    cfg = fresh_config(V2_CFG)
+    del cfg['RTDETRTrainReader']
     with pytest.raises(OverrideError) as error:
         apply_overrides({'TrainReader': {'batch_size': 8}})
-    assert str(error.value) == ("-o TrainReader.batch_size: Delegate has no attribute 'batch_size' (TrainReader is "
-                                "a !Delegate: set -o RTDETRTrainReader.batch_size=...)")
-    apply_overrides({'RTDETRTrainReader': {'batch_size': 8}})
-    assert cfg['TrainReader']['batch_size'] == 8
+    assert str(error.value) == "-o TrainReader.batch_size: Delegate has no attribute 'batch_size'"
 
 
 def test_a_list_index_is_refused_with_the_whole_list_to_write():

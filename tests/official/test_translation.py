@@ -163,3 +163,16 @@ def test_a_ppdet_with_its_own_rtdetr_builds_the_file_itself():
         assert cfg['DETR']['backbone'] == 'ResNet' and 'EpochWindow' not in str(cfg['TrainReader'])
     finally:
         del global_config['RTDETRTransformer']
+
+
+def test_train_reader_override_reaches_the_translated_v2_reader():
+    """An official v2 config's TrainReader becomes `!Delegate {to: RTDETRTrainReader}` after translation; the
+    `-o TrainReader.batch_size=2` its users write sets the reader the Trainer builds."""
+    from ppdet.core.workspace import create
+    from ppdet_rtdetr.cli import ToolArgsParser, load_tool_config
+    fresh_config(V2_TINY)
+    args = ToolArgsParser().parse_args(['-c', V2_TINY, '-o', 'TrainReader.batch_size=2', 'TrainReader.shuffle=false'])
+    cfg, _ = load_tool_config(args, mode='train')
+    assert type(cfg['TrainReader']).__name__ == 'Delegate'
+    reader = create('RTDETRTrainReader')
+    assert (reader.batch_size, reader.shuffle) == (2, False)
