@@ -43,12 +43,23 @@ def test_every_config_is_found():
         assert want in names
 
 
+def _build_layout_only(path):
+    """(cfg, model) of a config, its parameters created lazily (shapes and names, no values: a 225M-parameter
+    Swin-L builds in half a second) and its backbone's ImageNet download off (`pretrained: ''`)."""
+    import paddle
+    from ppdet.core.workspace import create
+    cfg = fresh_config(path)
+    backbone = cfg[cfg.architecture]['backbone']
+    if 'pretrained' in cfg[backbone].schema:  # an option of the backbone class (set or not)
+        cfg[backbone]['pretrained'] = ''
+    with paddle.LazyGuard():
+        return cfg, create(cfg.architecture)
+
+
 @pytest.mark.parametrize('path', LEAVES, ids=[os.path.relpath(p, ROOT) for p in LEAVES])
 def test_config_builds_on_cpu(path):
-    cfg = fresh_config(path)
+    cfg, model = _build_layout_only(path)
     assert cfg['architecture'] == 'RTDETRDetector', f'{path}: architecture {cfg["architecture"]}'
-    from ppdet.core.workspace import create
-    model = create(cfg.architecture)
     # the config's values reach the modules that use them
     transformer, dec = model.transformer, cfg['RTDETRDeformableTransformer']
     got = (transformer.num_classes, model.post_process.num_classes, transformer.hidden_dim,
@@ -118,6 +129,28 @@ def test_hgnetv2_h_layout_follows_the_naming_rules():
     assert got['transformer.input_proj.0.conv.weight'] == (256, 512, 1, 1)
     assert got['neck.encoder.0.layers.1.linear1.weight'] == (512, 2048)
     assert [got[f'neck.input_proj.{i}.0.weight'][1] for i in range(3)] == [512, 1024, 2048]
+
+
+@pytest.mark.parametrize('name', ['rtdetr_swin_L_384_3x_coco.yml', 'rtdetr_focalnet_L_384_3x_coco.yml'])
+def test_large_backbone_configs_build_the_official_files_layout(name):
+    """Our Swin-L / FocalNet-L configs and official-style files of the same models (tests/official/configs, in
+    PaddleDetection's module names) build one layout, with the official backbone names and shapes."""
+    got = model_layout(_build_layout_only(os.path.join(ROOT, 'configs', 'rtdetr', name))[1])
+    want = model_layout(_build_layout_only(os.path.join(ROOT, 'tests', 'official', 'configs', 'rtdetr', name))[1])
+    assert got == want, _diff(got, want)
+    r50 = reference_layout('rtdetr_r50vd_keys.txt')
+    # R50vd's decoder with FFN 2048 instead of 1024, and an encoder of six AIFI layers
+    assert _part(got, 'transformer.') == {k: tuple(2048 if 'linear' in k and d == 1024 else d for d in v)
+                                          for k, v in _part(r50, 'transformer.').items()}
+    assert {f'neck.encoder.0.layers.{i}.linear1.weight' for i in range(6)} <= set(got)
+    assert [got[f'backbone.norm{i}.weight'] for i in (1, 2, 3)] == [(384,), (768,), (1536,)]  # C = 192 * 2^i
+    if 'swin' in name:  # window 12: a (2 * 12 - 1)^2 bias table per head (6 in stage 0)
+        assert got['backbone.layers.0.blocks.0.attn.relative_position_bias_table'] == (529, 6)
+        assert got['backbone.patch_embed.proj.weight'] == (192, 3, 4, 4)
+    else:  # 4 focal levels: depthwise kernels 3, 5, 7, 9; f projects to 2 * 192 + 4 + 1
+        assert got['backbone.layers.0.blocks.0.modulation.focal_layers.3.0.weight'] == (192, 1, 9, 9)
+        assert got['backbone.layers.0.blocks.0.modulation.f.weight'] == (192, 389)
+        assert got['backbone.patch_embed.proj.weight'] == (192, 3, 7, 7)
 
 
 @pytest.mark.parametrize('config', ['rtdetr_cspresnet_l_6x_coco.yml', 'rtdetr_swin_t_6x_coco.yml'])
