@@ -1,7 +1,8 @@
 """Exported models (tools/export_model.py, paddle2onnx) give the dygraph outputs in every engine.
 
 For each export case (grid_sample at the training size / discrete sampler at another size with raw
-outputs / dynamic-size exports of v1 and of v2 + discrete + raw), inputs with per-image scale factors
+outputs / dynamic-size exports of v1 and of v2 + discrete + raw; the distinct-query option in one fixed and
+one dynamic case), inputs with per-image scale factors
 (fixed: batch 1 and 3; dynamic: batch 2 at three sizes, one predictor or session for all): Paddle Inference
 without and with plain `enable_mkldnn()`, and onnxruntime on the paddle2onnx conversion made with no edits.
 A dynamic export's reference at each size is a dygraph model built for that size (baked anchors and
