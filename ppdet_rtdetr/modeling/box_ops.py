@@ -43,23 +43,24 @@ def box_area(boxes):
 
 
 def pairwise_iou(boxes1, boxes2, eps=1e-9):
-    """IoU of every box in ``boxes1`` [n, 4] with every box in ``boxes2`` [m, 4] (xyxy).
+    """IoU of every box in ``boxes1`` [..., n, 4] with every box in ``boxes2`` [..., m, 4] (xyxy; leading
+    dimensions broadcast, e.g. a batch).
 
     Denominators are clipped to ``eps`` rather than offset by it: valid boxes get exactly the
     official (eps-free) numbers, and a pair of zero-area boxes gets 0 instead of 0/0 = nan,
     which would make the matcher's assignment fail.
 
     Returns:
-        (iou [n, m], union [n, m]). The union is returned because GIoU needs it.
+        (iou [..., n, m], union [..., n, m]). The union is returned because GIoU needs it.
     """
     area1 = box_area(boxes1)
     area2 = box_area(boxes2)
-    # [n, 1, 2] vs [1, m, 2] -> [n, m, 2]
-    lt = paddle.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = paddle.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    # [..., n, 1, 2] vs [..., 1, m, 2] -> [..., n, m, 2]
+    lt = paddle.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = paddle.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     wh = (rb - lt).clip(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - inter
+    union = area1[..., :, None] + area2[..., None, :] - inter
     return inter / union.clip(min=eps), union
 
 

@@ -12,7 +12,7 @@ from .anchors import generate_anchors
 from .decoder import TransformerDecoder
 from .denoising import get_contrastive_denoising_training_group
 from .layers import MLP
-from .query_peaks import rank_peaks_first
+from .query_distinct import select_distinct
 
 __all__ = ['RTDETRDeformableTransformer']
 
@@ -54,9 +54,9 @@ class RTDETRDeformableTransformer(nn.Layer):
             queries x classes), 'agnostic' (a single class-agnostic score).
         query_pos_head_inv_sig (bool): the query position head reads the reference boxes in logit space
             (inverse sigmoid) instead of sigmoid space (the official FocalNet-L RT-DETR sets it).
-        query_peak_window (int): 0 (official): top-k of the scores. Odd k > 0: distinct queries, the tokens
-            that are the maximum of their k x k neighbourhood on their level are selected first
-            (``query_peaks.rank_peaks_first``); not with 'one2many'.
+        query_distinct_iou (float): 0 (official): top-k of the scores. In (0, 1): distinct queries, a token whose
+            encoder box overlaps a better-scored token's by more than this IoU is selected last
+            (``query_distinct.select_distinct``); not with 'one2many'.
 
     forward(feats list of [b, c, h_i, w_i], pad_mask=None, gt_meta=None (inputs dict with gt_class / gt_bbox
     lists in training)) -> (dec_bboxes [n_dec, b, num_dn + n, 4] sigmoid cxcywh, dec_logits [n_dec, b, num_dn + n, k],
@@ -70,14 +70,14 @@ class RTDETRDeformableTransformer(nn.Layer):
                  dim_feedforward=1024, dropout=0., activation='relu', num_denoising=100, label_noise_ratio=0.5,
                  box_noise_scale=1.0, learnt_init_query=False, eval_size=None, eval_idx=-1, eps=1e-2,
                  cross_attn_method='default', offset_scale=0.5, query_select_method='default',
-                 query_pos_head_inv_sig=False, query_peak_window=0):
+                 query_pos_head_inv_sig=False, query_distinct_iou=0.):
         super().__init__()
         if query_select_method not in QUERY_SELECT_METHODS:
             raise ValueError(f"query_select_method '{query_select_method}' is not one of {QUERY_SELECT_METHODS}")
-        if query_peak_window and (query_peak_window < 0 or query_peak_window % 2 != 1):
-            raise ValueError(f'query_peak_window must be 0 (off) or an odd window size, got {query_peak_window}')
-        if query_peak_window and query_select_method == 'one2many':
-            raise ValueError("query_peak_window selects one query per token; query_select_method 'one2many' "
+        if query_distinct_iou and not 0 < query_distinct_iou < 1:
+            raise ValueError(f'query_distinct_iou must be 0 (off) or an IoU in (0, 1), got {query_distinct_iou}')
+        if query_distinct_iou and query_select_method == 'one2many':
+            raise ValueError("query_distinct_iou selects one query per token; query_select_method 'one2many' "
                              "selects a token once per class")
         feat_strides = list(feat_strides)
         if len(backbone_feat_channels) > num_levels:
@@ -90,7 +90,7 @@ class RTDETRDeformableTransformer(nn.Layer):
             num_denoising, label_noise_ratio, box_noise_scale)
         self.learnt_init_query, self.eps = learnt_init_query, eps
         self.eval_size = list(eval_size) if eval_size else None
-        self.query_select_method, self.query_peak_window = query_select_method, query_peak_window
+        self.query_select_method, self.query_distinct_iou = query_select_method, query_distinct_iou
 
         self._build_input_proj(list(backbone_feat_channels))
         self.decoder = TransformerDecoder(
@@ -173,8 +173,8 @@ class RTDETRDeformableTransformer(nn.Layer):
             return self.anchors.astype(dtype), self.valid_mask
         return generate_anchors(spatial_shapes, eps=self.eps, dtype=dtype)
 
-    def _select_topk(self, enc_logits, spatial_shapes):
-        """Indices [b, n] of the selected memory tokens."""
+    def _select_topk(self, enc_logits, enc_boxes=None):
+        """Indices [b, n] of the selected memory tokens (`enc_boxes` [b, l, 4]: for query_distinct_iou)."""
         num_tokens = enc_logits.shape[1]  # a shape tensor when a dynamic-size export traces this
         if isinstance(num_tokens, int) and 0 <= num_tokens < self.num_queries:
             raise ValueError(f'the input is too small: its feature maps have {num_tokens} tokens, fewer than '
@@ -186,8 +186,8 @@ class RTDETRDeformableTransformer(nn.Layer):
         # default: the best class of each token; agnostic: its one score ([b, l, 1] -> [b, l] either way),
         # trained as one class that every gt belongs to (RTDETRCriterion's `enc_agnostic`)
         scores = enc_logits.max(-1)
-        if self.query_peak_window:
-            scores = rank_peaks_first(scores, spatial_shapes, self.query_peak_window)
+        if self.query_distinct_iou:
+            return select_distinct(scores, enc_boxes, self.num_queries, self.query_distinct_iou)
         _, ind = paddle.topk(scores, self.num_queries, axis=1)
         return ind
 
@@ -198,7 +198,7 @@ class RTDETRDeformableTransformer(nn.Layer):
         enc_logits = self.enc_score_head(output_memory)  # [b, l, k']
         enc_coord_unact = self.enc_bbox_head(output_memory) + anchors  # [b, l, 4]
 
-        topk_ind = self._select_topk(enc_logits, spatial_shapes)  # [b, n]
+        topk_ind = self._select_topk(enc_logits, F.sigmoid(enc_coord_unact))  # [b, n]
         ref_unact = paddle.take_along_axis(enc_coord_unact, topk_ind.unsqueeze(-1), axis=1)  # [b, n, 4]
         enc_topk_bboxes = F.sigmoid(ref_unact)
         enc_topk_logits = paddle.take_along_axis(enc_logits, topk_ind.unsqueeze(-1), axis=1)  # [b, n, k']

@@ -29,9 +29,9 @@ TINY_CFG = os.path.join(ROOT, 'configs', 'tests', 'rtdetr_tiny.yml')
 CASES = {
     'default': [],
     'discrete_raw': ['--image_shape', '3', '96', '64', '-o', 'RTDETRDeformableTransformer.cross_attn_method=discrete',
-                     'RTDETRDeformableTransformer.query_peak_window=5', 'trt=True', 'exclude_post_process=True'],
-    # distinct queries (peaks first): max-pooling each level's score map, at any size
-    'dynamic': ['--image_shape', '3', '-1', '-1', '-o', 'RTDETRDeformableTransformer.query_peak_window=3'],
+                     'RTDETRDeformableTransformer.query_distinct_iou=0.5', 'trt=True', 'exclude_post_process=True'],
+    # distinct queries: Fast NMS on the encoder's boxes, over a token count the input size sets
+    'dynamic': ['--image_shape', '3', '-1', '-1', '-o', 'RTDETRDeformableTransformer.query_distinct_iou=0.7'],
     'dynamic_v2_raw': ['--image_shape', '3', '-1', '-1', '-o', 'RTDETRDeformableTransformer.cross_attn_method=discrete',
                        'RTDETRDeformableTransformer.num_decoder_points=[4,2,2]', 'trt=True',
                        'exclude_post_process=True'],

@@ -1,5 +1,5 @@
 """Options of RTDETRDeformableTransformer each change what they claim: query selection (default, one2many,
-agnostic, peaks first), learnt_init_query and offset_scale, checked against formulas written here."""
+agnostic, distinct), learnt_init_query and offset_scale, checked against formulas written here."""
 import numpy as np
 import paddle
 import pytest
@@ -32,7 +32,7 @@ def test_query_selection_equals_numpy(method):
     enc_logits = rng.normal(size=(2, 6, 3))
     # token 2 of image 0 is best in every class: one2many selects it once per class, default once
     enc_logits[0, 2] = [5.0, 4.5, 4.0]
-    got = _transformer(query_select_method=method)._select_topk(paddle.to_tensor(enc_logits), [(2, 3)]).numpy()
+    got = _transformer(query_select_method=method)._select_topk(paddle.to_tensor(enc_logits)).numpy()
     want = _np_select(enc_logits, 4, method)
     np.testing.assert_array_equal(got, want)
     assert (got[0] == 2).sum() == (3 if method == 'one2many' else 1), got[0]
@@ -43,62 +43,60 @@ def test_agnostic_scores_tokens_with_one_class_free_head():
     assert tuple(t.enc_score_head.weight.shape) == (16, 1)
     rng = np.random.default_rng(1)
     scores = rng.normal(size=(2, 6, 1))
-    got = t._select_topk(paddle.to_tensor(scores), [(2, 3)]).numpy()
+    got = t._select_topk(paddle.to_tensor(scores)).numpy()
     np.testing.assert_array_equal(got, np.argsort(-scores[..., 0], axis=1, kind='stable')[:, :4])
 
 
-def _np_peaks_first(scores, shapes, k):
-    """Token indices [b, l] by score, the peaks of each level (no higher score in the k x k window, clipped at
-    the border) before every other token: written with loops and numpy sorts."""
-    b, is_peak, start = scores.shape[0], [], 0
-    for h, w in shapes:
-        level = scores[:, start:start + h * w].reshape(b, h, w)
-        for y in range(h):
-            for x in range(w):
-                window = level[:, max(0, y - k // 2):y + k // 2 + 1, max(0, x - k // 2):x + k // 2 + 1]
-                is_peak.append(level[:, y, x] >= window.reshape(b, -1).max(1))
-        start += h * w
-    is_peak = np.stack(is_peak, 1)  # [b, l]
-    return np.stack([np.concatenate([np.flatnonzero(p)[np.argsort(-s[p], kind='stable')],
-                                     np.flatnonzero(~p)[np.argsort(-s[~p], kind='stable')]])
-                     for s, p in zip(scores, is_peak)])
+def _np_distinct(scores, boxes, n, threshold):
+    """Token indices [b, n], written as loops: a token is a copy if one of the 4n best-scored tokens scores higher
+    and overlaps it by IoU > threshold; the other tokens by score, then the copies by score."""
+    out = []
+    for s, cxcywh in zip(scores, boxes):
+        xyxy = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
+        order = np.argsort(-s, kind='stable')
+
+        def iou(a, b):
+            w = max(0., min(a[2], b[2]) - max(a[0], b[0]))
+            h = max(0., min(a[3], b[3]) - max(a[1], b[1]))
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+            return w * h / union
+        copy = {j: any(s[i] > s[j] and iou(xyxy[i], xyxy[j]) > threshold for i in order[:4 * n]) for j in order}
+        out.append([j for j in order if not copy[j]] + [j for j in order if copy[j]])
+    return np.array(out)[:, :n]
 
 
-@pytest.mark.parametrize('window', [3, 5])
-def test_peaks_first_selection_equals_numpy(window):
-    shapes = [(4, 5), (2, 3), (1, 2)]
-    rng = np.random.default_rng(window)
-    # negative logits (an untrained score head's): a zero-padded max-pool would make no border token a peak
-    enc_logits = rng.normal(-4.6, 1.0, size=(2, sum(h * w for h, w in shapes), 3))
-    t = _transformer(query_peak_window=window, num_queries=9, backbone_feat_channels=[16, 16, 16],
-                     feat_strides=[8, 16, 32], num_levels=3)
-    got = t._select_topk(paddle.to_tensor(enc_logits), shapes).numpy()
-    want = _np_peaks_first(enc_logits.max(-1), shapes, window)
-    np.testing.assert_array_equal(got, want[:, :9])
-    # the 3 x 3 window: at most one of two neighbouring tokens of a level (unless tied) is a peak
-    assert len(set(got[0].tolist())) == 9
+@pytest.mark.parametrize('threshold, l', [(0.3, 32), (0.7, 200)])
+def test_distinct_selection_equals_numpy(threshold, l):
+    rng = np.random.default_rng(int(threshold * 10))
+    enc_logits = rng.normal(size=(2, l, 3))
+    # clustered boxes, so that many pairs overlap by more than either threshold
+    centres = rng.uniform(0.3, 0.7, (2, l, 2)).round(1)
+    boxes = np.concatenate([centres + rng.normal(0, 0.01, (2, l, 2)), rng.uniform(0.15, 0.25, (2, l, 2))], -1)
+    t = _transformer(query_distinct_iou=threshold, num_queries=9)
+    got = t._select_topk(paddle.to_tensor(enc_logits), paddle.to_tensor(boxes)).numpy()
+    want = _np_distinct(enc_logits.max(-1), boxes, 9, threshold)
+    np.testing.assert_array_equal(got, want)
+    plain = np.argsort(-enc_logits.max(-1), axis=1, kind='stable')[:, :9]
+    assert (got != plain).any(), 'the boxes overlap: the selection must differ from the plain top-k'
 
 
-def test_peaks_first_drops_the_neighbours_of_a_strong_token():
-    # one object: a 3 x 3 blob of high scores around token (1, 2) of a 4 x 8 map, noise elsewhere
-    scores = np.random.default_rng(0).normal(-5, 0.1, size=(1, 32, 1))
-    blob = [y * 8 + x for y in range(3) for x in range(1, 4)]
-    for y in range(3):
-        for x in range(1, 4):
-            scores[0, y * 8 + x, 0] = 3.0 - 0.1 * (abs(y - 1) + abs(x - 2))
-    plain = _transformer(num_queries=3, num_classes=1)._select_topk(paddle.to_tensor(scores), [(4, 8)]).numpy()
-    peaks = _transformer(num_queries=3, num_classes=1, query_peak_window=3)._select_topk(
-        paddle.to_tensor(scores), [(4, 8)]).numpy()
-    # plain: the blob's centre and two of its four next neighbours (tied at 2.9): three queries on one object
-    assert plain[0, 0] == 10 and set(plain[0, 1:].tolist()) < {2, 9, 11, 18}, plain
-    # peaks first: the centre, then two noise peaks away from the object
-    assert peaks[0, 0] == 10 and not set(peaks[0, 1:].tolist()) & set(blob), peaks
+def test_distinct_selection_takes_one_query_per_object():
+    # object A: tokens 0-3 with nearly the same box (two levels), object B: token 4; noise boxes elsewhere
+    scores = np.array([[5.0, 4.9, 4.8, 4.7, 1.0, 0.5, 0.4, 0.3]])
+    boxes = np.array([[[0.3, 0.3, 0.2, 0.2], [0.31, 0.3, 0.2, 0.2], [0.3, 0.31, 0.21, 0.2], [0.3, 0.3, 0.2, 0.19],
+                       [0.7, 0.7, 0.1, 0.1], [0.1, 0.9, 0.05, 0.05], [0.9, 0.1, 0.05, 0.05], [0.5, 0.9, 0.05, 0.05]]])
+    plain = _transformer(num_queries=3, num_classes=1)._select_topk(paddle.to_tensor(scores[..., None]))
+    distinct = _transformer(num_queries=3, num_classes=1, query_distinct_iou=0.7)._select_topk(
+        paddle.to_tensor(scores[..., None]), paddle.to_tensor(boxes))
+    assert plain.numpy().tolist() == [[0, 1, 2]], 'three queries on object A'
+    assert distinct.numpy().tolist() == [[0, 4, 5]], 'one on A, one on B, then the best of the rest'
 
 
 @pytest.mark.parametrize('options, message', [
-    ({'query_peak_window': 2}, 'query_peak_window must be 0 (off) or an odd window size, got 2'),
-    ({'query_peak_window': 3, 'query_select_method': 'one2many'}, "query_peak_window selects one query per token")])
-def test_peak_window_options_are_checked(options, message):
+    ({'query_distinct_iou': 1.5}, 'query_distinct_iou must be 0 (off) or an IoU in (0, 1), got 1.5'),
+    ({'query_distinct_iou': 0.7, 'query_select_method': 'one2many'}, "query_distinct_iou selects one query per "
+                                                                      "token")])
+def test_distinct_query_options_are_checked(options, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
         _transformer(**options)
 
@@ -156,7 +154,7 @@ def test_learnt_init_query_feeds_the_embedding_to_the_decoder():
     # without it, the target is the selected tokens' encoder features, so it depends on the image
     target, _, _, _ = selected._get_decoder_input(memory, [(2, 3)])
     output_memory = selected.enc_output(memory)
-    ind = selected._select_topk(selected.enc_score_head(output_memory), [(2, 3)]).numpy()
+    ind = selected._select_topk(selected.enc_score_head(output_memory)).numpy()
     want = np.stack([output_memory.numpy()[i, ind[i]] for i in range(2)])
     np.testing.assert_allclose(target.numpy(), want, rtol=0, atol=0)
 
