@@ -3,8 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/small_data.py --out benchmarks/small_data.json [--variants baseline mal]
 
 Every variant trains the demo model (configs/demo/rtdetr_r18vd_shapes.yml) from scratch on the same generated
-shapes set, with the same seed and the same number of iterations, evaluating after every epoch; only the
-option under test differs. Runs go two at a time (`--parallel`) so that each pair shares the machine alike:
+set (`--kind shapes`, or `polygons`: other classes in random colours), with the same seed and the same number
+of iterations, evaluating as the demo config says; only the option under test differs. Runs go two at a time (`--parallel`) so that each pair shares the machine alike:
 compare iterations first, seconds only within one pair. Writes the curves and the load average as JSON.
 """
 import argparse
@@ -25,6 +25,8 @@ VARIANTS = {
                'dense one-to-one matching: 2x2 mosaics (prob 0.5) until the stop epoch'),
     'mal_mosaic': ('configs/small_data/rtdetr_r18vd_small_data.yml', ['RTDETRCriterion.class_loss=mal'],
                    'both'),
+    'topk': (DEMO, ['RTDETRDeformableTransformer.query_distinct_iou=0'],
+             "the official query selection (top-k of the scores) instead of the demo's distinct queries"),
 }
 
 
@@ -32,10 +34,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', required=True, help='JSON to write')
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument('--kind', default='shapes', choices=['shapes', 'polygons'], help='generated data set')
+    parser.add_argument('--image_size', type=int, default=160, help='nominal side of the generated images')
     parser.add_argument('--num_train', type=int, default=240)
     parser.add_argument('--num_val', type=int, default=60)
     parser.add_argument('--epochs', type=int, default=4,
-                        help="epochs run, of the demo's 10-epoch cosine schedule (the schedule is not shortened)")
+                        help="epochs run, of the demo config's cosine schedule (the schedule is not shortened)")
     parser.add_argument('--stop_epoch', type=int, default=2, help='mosaic off from this epoch (0-based)')
     parser.add_argument('--size', type=int, default=160, help='training and evaluation input size (demo: 160)')
     parser.add_argument('--limit_s', type=int, default=480, help='wall-clock limit of each run')
@@ -47,9 +51,12 @@ def main(argv=None):
 
     from ppdet_rtdetr.data.synthetic import make_dataset
     work = args.work_dir or tempfile.mkdtemp(prefix='small_data_')
-    data = os.path.join(work, 'shapes')
-    make_dataset(data, args.num_train, args.num_val)
-    common = ['TrainDataset.dataset_dir=' + data, 'EvalDataset.dataset_dir=' + data, f'epoch={args.epochs}']
+    data = os.path.join(work, args.kind)
+    splits = make_dataset(data, args.num_train, args.num_val, args.image_size, kind=args.kind)
+    with open(splits['train']['anno_path']) as f:
+        num_classes = len(json.load(f)['categories'])
+    common = ['TrainDataset.dataset_dir=' + data, 'EvalDataset.dataset_dir=' + data, f'epoch={args.epochs}',
+              f'num_classes={num_classes}']
     stop = [f'RTDETRTrainReader.stop_epoch={args.stop_epoch}']  # only the configs with a stop-epoch reader
     specs = []
     for name in args.variants:
@@ -62,7 +69,8 @@ def main(argv=None):
         curve['what'] = VARIANTS[name][2]
         curve[f'first_ap50_{args.ap50}'] = first_reaching(curve, args.ap50)
     result = {
-        'protocol': {'data': f'shapes, {args.num_train} train / {args.num_val} val images (seed 0)',
+        'protocol': {'data': f'{args.kind} ({args.image_size} px), {args.num_train} train / {args.num_val} val '
+                             'images (seed 0)',
                      'config': DEMO, 'seed': args.seed, 'size': args.size, 'epochs': args.epochs,
                      'stop_epoch': args.stop_epoch,
                      'parallel': args.parallel, 'limit_s': args.limit_s,
