@@ -173,8 +173,9 @@ class RTDETRDeformableTransformer(nn.Layer):
             return self.anchors.astype(dtype), self.valid_mask
         return generate_anchors(spatial_shapes, eps=self.eps, dtype=dtype)
 
-    def _select_topk(self, enc_logits, enc_boxes=None):
-        """Indices [b, n] of the selected memory tokens (`enc_boxes` [b, l, 4]: for query_distinct_iou)."""
+    def _select_topk(self, enc_logits, enc_coord_unact=None):
+        """Indices [b, n] of the selected memory tokens (`enc_coord_unact` [b, l, 4], the tokens' boxes in logit
+        space, is read by query_distinct_iou only)."""
         num_tokens = enc_logits.shape[1]  # a shape tensor when a dynamic-size export traces this
         if isinstance(num_tokens, int) and 0 <= num_tokens < self.num_queries:
             raise ValueError(f'the input is too small: its feature maps have {num_tokens} tokens, fewer than '
@@ -187,7 +188,7 @@ class RTDETRDeformableTransformer(nn.Layer):
         # trained as one class that every gt belongs to (RTDETRCriterion's `enc_agnostic`)
         scores = enc_logits.max(-1)
         if self.query_distinct_iou:
-            return select_distinct(scores, enc_boxes, self.num_queries, self.query_distinct_iou)
+            return select_distinct(scores, F.sigmoid(enc_coord_unact), self.num_queries, self.query_distinct_iou)
         _, ind = paddle.topk(scores, self.num_queries, axis=1)
         return ind
 
@@ -198,7 +199,7 @@ class RTDETRDeformableTransformer(nn.Layer):
         enc_logits = self.enc_score_head(output_memory)  # [b, l, k']
         enc_coord_unact = self.enc_bbox_head(output_memory) + anchors  # [b, l, 4]
 
-        topk_ind = self._select_topk(enc_logits, F.sigmoid(enc_coord_unact))  # [b, n]
+        topk_ind = self._select_topk(enc_logits, enc_coord_unact)  # [b, n]
         ref_unact = paddle.take_along_axis(enc_coord_unact, topk_ind.unsqueeze(-1), axis=1)  # [b, n, 4]
         enc_topk_bboxes = F.sigmoid(ref_unact)
         enc_topk_logits = paddle.take_along_axis(enc_logits, topk_ind.unsqueeze(-1), axis=1)  # [b, n, k']

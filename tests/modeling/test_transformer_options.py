@@ -47,6 +47,11 @@ def test_agnostic_scores_tokens_with_one_class_free_head():
     np.testing.assert_array_equal(got, np.argsort(-scores[..., 0], axis=1, kind='stable')[:, :4])
 
 
+def _logit(boxes):
+    """The boxes [b, l, 4] in the logit space the transformer hands to the selection (it applies the sigmoid)."""
+    return paddle.to_tensor(np.log(boxes / (1 - boxes)))
+
+
 def _np_distinct(scores, boxes, n, threshold):
     """Token indices [b, n], written as loops: a token is a copy if one of the 4n best-scored tokens scores higher
     and overlaps it by IoU > threshold; the other tokens by score, then the copies by score."""
@@ -73,7 +78,7 @@ def test_distinct_selection_equals_numpy(threshold, l):
     centres = rng.uniform(0.3, 0.7, (2, l, 2)).round(1)
     boxes = np.concatenate([centres + rng.normal(0, 0.01, (2, l, 2)), rng.uniform(0.15, 0.25, (2, l, 2))], -1)
     t = _transformer(query_distinct_iou=threshold, num_queries=9)
-    got = t._select_topk(paddle.to_tensor(enc_logits), paddle.to_tensor(boxes)).numpy()
+    got = t._select_topk(paddle.to_tensor(enc_logits), _logit(boxes)).numpy()
     want = _np_distinct(enc_logits.max(-1), boxes, 9, threshold)
     np.testing.assert_array_equal(got, want)
     plain = np.argsort(-enc_logits.max(-1), axis=1, kind='stable')[:, :9]
@@ -87,7 +92,7 @@ def test_distinct_selection_takes_one_query_per_object():
                        [0.7, 0.7, 0.1, 0.1], [0.1, 0.9, 0.05, 0.05], [0.9, 0.1, 0.05, 0.05], [0.5, 0.9, 0.05, 0.05]]])
     plain = _transformer(num_queries=3, num_classes=1)._select_topk(paddle.to_tensor(scores[..., None]))
     distinct = _transformer(num_queries=3, num_classes=1, query_distinct_iou=0.7)._select_topk(
-        paddle.to_tensor(scores[..., None]), paddle.to_tensor(boxes))
+        paddle.to_tensor(scores[..., None]), _logit(boxes))
     assert plain.numpy().tolist() == [[0, 1, 2]], 'three queries on object A'
     assert distinct.numpy().tolist() == [[0, 4, 5]], 'one on A, one on B, then the best of the rest'
 
