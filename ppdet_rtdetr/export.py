@@ -31,7 +31,7 @@ from .engine.checkpoint import load_model_weights
 
 logger = setup_logger(__name__)
 
-__all__ = ['resolve_export_size', 'trt_shape_range', 'build_export_model', 'build_infer_cfg',
+__all__ = ['resolve_export_size', 'trt_shape_range', 'build_export_model', 'build_infer_cfg', 'write_infer_cfg',
            'export_inference_model', 'export_onnx']
 
 # ppdet's TRT_MIN_SUBGRAPH entry for DETR-like architectures (ppdet/engine/export_utils.py)
@@ -212,7 +212,8 @@ def build_infer_cfg(cfg, model, size=None, trt_min_size=None, trt_max_size=None)
     return infer_cfg
 
 
-def _dump_yaml(data, path):
+def write_infer_cfg(data, path):
+    """Write an infer_cfg.yml (the export's, and the INT8 folder's) keeping the field order of its OrderedDicts."""
     class _Dumper(yaml.SafeDumper):
         pass
 
@@ -250,7 +251,7 @@ def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, t
     # full_graph: Paddle 3's default (SOT) traces guarded fragments, which jit.save cannot write as one program
     static_model = paddle.jit.to_static(_ExportModel(model, raw), input_spec=input_spec, full_graph=True)
     paddle.jit.save(static_model, os.path.join(save_dir, 'model'))
-    _dump_yaml(infer_cfg, os.path.join(save_dir, 'infer_cfg.yml'))
+    write_infer_cfg(infer_cfg, os.path.join(save_dir, 'infer_cfg.yml'))
     hw = 'x'.join(str(s) if s > 0 else 'any' for s in size)
     logger.info(f"Exported {cfg.architecture} for {hw} inputs (dynamic batch, "
                 f"{'raw outputs' if raw else 'with post-process'}) to {save_dir}")

@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 import yaml
 
+from ..export import write_infer_cfg
 from .ort_int8 import GROUPS, QUANT_SETTINGS, node_groups, prepare_model, quantize_model
 from .sensitivity import OrtRunner, detection_drift, sweep
 
@@ -24,16 +25,6 @@ def _read_infer_cfg(model_dir):
         raise FileNotFoundError(f'{path} not found: export the model with tools/export_model.py first')
     with open(path) as f:
         return yaml.safe_load(f)
-
-
-def _write_infer_cfg(cfg, path):
-    class _Dumper(yaml.SafeDumper):
-        pass
-
-    # keep the field order (ppdet's fields first), written as plain mappings
-    _Dumper.add_representer(OrderedDict, lambda d, v: d.represent_mapping('tag:yaml.org,2002:map', v.items()))
-    with open(path, 'w') as f:
-        yaml.dump(cfg, f, Dumper=_Dumper, default_flow_style=None, sort_keys=False)
 
 
 def quantize_export(model_dir, output_dir, reader, calibration_source, fp32_groups=None, tolerance=0.05,
@@ -86,7 +77,7 @@ def quantize_export(model_dir, output_dir, reader, calibration_source, fp32_grou
     section['drift_on_calibration_images'] = dict(report['drift_final'])
     section['source_model'] = os.path.abspath(src)
     infer_cfg['quantization'] = section
-    _write_infer_cfg(infer_cfg, os.path.join(output_dir, 'infer_cfg.yml'))
+    write_infer_cfg(infer_cfg, os.path.join(output_dir, 'infer_cfg.yml'))
     with open(os.path.join(output_dir, 'quant_report.json'), 'w') as f:
         json.dump(report, f, indent=1)
     log(f"INT8 model written to {output_dir} (float32 groups: {report['fp32_groups'] or 'none'})")
