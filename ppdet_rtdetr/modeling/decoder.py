@@ -10,6 +10,7 @@ import paddle.nn.functional as F
 from .box_ops import inverse_sigmoid
 from .deformable_attn import MSDeformableAttention
 from .layers import MultiHeadAttention, get_activation
+from .query_distinct import cap_copies, drop_copies
 
 __all__ = ['TransformerDecoderLayer', 'TransformerDecoder', 'clamp_fp16']
 
@@ -72,13 +73,22 @@ class TransformerDecoder(nn.Layer):
     box head through the *undetached* previous boxes, as DINO's "look forward twice"); in eval the stack stops
     at `eval_idx`.
 
+    With `distinct_iou` t > 0 (DDQ's distinct queries in the decoder), each layer's boxes drop the queries that
+    repeat a better-scored live query's box by IoU > t (`query_distinct.drop_copies`), and every later layer's
+    logits of a dropped query are capped (`cap_copies`): it is never output with a score, and the matcher
+    assigns objects to the live queries. Layer 0's outputs are those of the distinct queries selected from the
+    encoder; the last layer's own boxes drop nothing (as in DDQ).
+
     Args:
         num_layers (int), eval_idx (int): layer whose prediction is the output in eval (negative from the end).
+        query_pos_head_inv_sig (bool): see `RTDETRDeformableTransformer`.
+        distinct_iou (float): 0 (official): off; in (0, 1): the IoU above which a query is a copy.
         layer_cfg (dict): `TransformerDecoderLayer` options.
     """
 
-    def __init__(self, num_layers, eval_idx=-1, query_pos_head_inv_sig=False, **layer_cfg):
+    def __init__(self, num_layers, eval_idx=-1, query_pos_head_inv_sig=False, distinct_iou=0., **layer_cfg):
         super().__init__()
+        self.distinct_iou = distinct_iou
         self.query_pos_head_inv_sig = query_pos_head_inv_sig  # query_pos_head reads logit-space boxes
         self.layers = nn.LayerList([TransformerDecoderLayer(**layer_cfg) for _ in range(num_layers)])
         self.num_layers = num_layers
@@ -87,11 +97,12 @@ class TransformerDecoder(nn.Layer):
             raise ValueError(f'eval_idx {eval_idx} is outside the {num_layers} decoder layers')
 
     def forward(self, tgt, ref_points_unact, memory, spatial_shapes, bbox_head, score_head, query_pos_head,
-                attn_mask=None):
-        """tgt [b, q, c], ref_points_unact [b, q, 4] (logit space) ->
-        (boxes [n, b, q, 4] sigmoid cxcywh, logits [n, b, q, k]); n = num_layers in training, 1 in eval."""
+                attn_mask=None, num_dn=0):
+        """tgt [b, q, c], ref_points_unact [b, q, 4] (logit space), q = num_dn denoising queries + the matching
+        ones -> (boxes [n, b, q, 4] sigmoid cxcywh, logits [n, b, q, k]); n = num_layers in training, 1 in eval."""
         output = tgt
         dec_bboxes, dec_logits = [], []
+        alive = None  # bool [b, q - num_dn] with distinct_iou, once a layer has dropped copies
         ref_points_detach = F.sigmoid(ref_points_unact)
         ref_points = ref_points_detach
         for i, layer in enumerate(self.layers):
@@ -104,16 +115,21 @@ class TransformerDecoder(nn.Layer):
             # undetached boxes below, which gives the same values and the same summed gradient
             delta_unact = bbox_head[i](output)
             inter_ref_bbox = F.sigmoid(delta_unact + inverse_sigmoid(ref_points_detach))
+            logits = None
+            if self.training or i == self.eval_idx:
+                logits = score_head[i](output)
+                dec_logits.append(logits if alive is None else cap_copies(logits, alive, num_dn))
             if self.training:
-                dec_logits.append(score_head[i](output))
                 if i == 0:
                     dec_bboxes.append(inter_ref_bbox)
                 else:
                     dec_bboxes.append(F.sigmoid(delta_unact + inverse_sigmoid(ref_points)))
             elif i == self.eval_idx:
-                dec_logits.append(score_head[i](output))
                 dec_bboxes.append(inter_ref_bbox)
                 break
+            if self.distinct_iou and i < self.num_layers - 1:
+                logits = score_head[i](output) if logits is None else logits  # [b, q, k]
+                alive = drop_copies(logits[:, num_dn:].max(-1), inter_ref_bbox[:, num_dn:], self.distinct_iou, alive)
             ref_points = inter_ref_bbox
             ref_points_detach = inter_ref_bbox.detach() if self.training else inter_ref_bbox
         return paddle.stack(dec_bboxes), paddle.stack(dec_logits)

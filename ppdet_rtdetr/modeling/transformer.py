@@ -57,6 +57,9 @@ class RTDETRDeformableTransformer(nn.Layer):
         query_distinct_iou (float): 0 (official): top-k of the scores. In (0, 1): distinct queries, a token whose
             encoder box overlaps a better-scored token's by more than this IoU is selected last
             (``query_distinct.select_distinct``); not with 'one2many'.
+        decoder_distinct_iou (float): 0 (official): off. In (0, 1): distinct queries in the decoder too, a query
+            whose box overlaps a better-scored live query's by more than this IoU after a layer is dropped from
+            the later layers' outputs (``TransformerDecoder``'s `distinct_iou`); not with 'one2many'.
 
     forward(feats list of [b, c, h_i, w_i], pad_mask=None, gt_meta=None (inputs dict with gt_class / gt_bbox
     lists in training)) -> (dec_bboxes [n_dec, b, num_dn + n, 4] sigmoid cxcywh, dec_logits [n_dec, b, num_dn + n, k],
@@ -70,15 +73,16 @@ class RTDETRDeformableTransformer(nn.Layer):
                  dim_feedforward=1024, dropout=0., activation='relu', num_denoising=100, label_noise_ratio=0.5,
                  box_noise_scale=1.0, learnt_init_query=False, eval_size=None, eval_idx=-1, eps=1e-2,
                  cross_attn_method='default', offset_scale=0.5, query_select_method='default',
-                 query_pos_head_inv_sig=False, query_distinct_iou=0.):
+                 query_pos_head_inv_sig=False, query_distinct_iou=0., decoder_distinct_iou=0.):
         super().__init__()
         if query_select_method not in QUERY_SELECT_METHODS:
             raise ValueError(f"query_select_method '{query_select_method}' is not one of {QUERY_SELECT_METHODS}")
-        if query_distinct_iou and not 0 < query_distinct_iou < 1:
-            raise ValueError(f'query_distinct_iou must be 0 (off) or an IoU in (0, 1), got {query_distinct_iou}')
-        if query_distinct_iou and query_select_method == 'one2many':
-            raise ValueError("query_distinct_iou selects one query per token; query_select_method 'one2many' "
-                             "selects a token once per class")
+        for name, iou in (('query_distinct_iou', query_distinct_iou), ('decoder_distinct_iou', decoder_distinct_iou)):
+            if iou and not 0 < iou < 1:
+                raise ValueError(f'{name} must be 0 (off) or an IoU in (0, 1), got {iou}')
+            if iou and query_select_method == 'one2many':
+                raise ValueError(f"{name} keeps one query per box; query_select_method 'one2many' selects a token "
+                                 "once per class")
         feat_strides = list(feat_strides)
         if len(backbone_feat_channels) > num_levels:
             raise ValueError(f'{len(backbone_feat_channels)} feature levels but num_levels={num_levels}')
@@ -98,7 +102,7 @@ class RTDETRDeformableTransformer(nn.Layer):
             dropout=dropout, activation=activation, n_levels=num_levels, n_points=num_decoder_points,
             cross_attn_method=cross_attn_method, offset_scale=offset_scale,
             points_scale_in_state_dict=isinstance(num_decoder_points, (list, tuple)),
-            query_pos_head_inv_sig=query_pos_head_inv_sig)
+            query_pos_head_inv_sig=query_pos_head_inv_sig, distinct_iou=decoder_distinct_iou)
         self.denoising_class_embed = nn.Embedding(
             num_classes, hidden_dim, weight_attr=ParamAttr(initializer=nn.initializer.Normal()))
         if learnt_init_query:
@@ -231,7 +235,8 @@ class RTDETRDeformableTransformer(nn.Layer):
             attn_mask = paddle.where(attn_mask, paddle.zeros(attn_mask.shape, memory.dtype),
                                      paddle.full(attn_mask.shape, float('-inf'), memory.dtype))
         dec_bboxes, dec_logits = self.decoder(target, ref_unact, memory, spatial_shapes, self.dec_bbox_head,
-                                              self.dec_score_head, self.query_pos_head, attn_mask)
+                                              self.dec_score_head, self.query_pos_head, attn_mask,
+                                              dn_meta['dn_num_split'][0] if dn_meta else 0)
         if not self.training:
             return dec_bboxes, dec_logits, None, None, None
         return dec_bboxes, dec_logits, enc_topk_bboxes, enc_topk_logits, dn_meta

@@ -99,8 +99,12 @@ def test_distinct_selection_takes_one_query_per_object():
 
 @pytest.mark.parametrize('options, message', [
     ({'query_distinct_iou': 1.5}, 'query_distinct_iou must be 0 (off) or an IoU in (0, 1), got 1.5'),
-    ({'query_distinct_iou': 0.7, 'query_select_method': 'one2many'}, "query_distinct_iou selects one query per "
-                                                                      "token")])
+    ({'query_distinct_iou': 0.7, 'query_select_method': 'one2many'}, "query_distinct_iou keeps one query per box; "
+                                                                      "query_select_method 'one2many' selects a "
+                                                                      "token once per class"),
+    ({'decoder_distinct_iou': 0.8, 'query_select_method': 'one2many'}, "decoder_distinct_iou keeps one query per "
+                                                                        "box"),
+    ({'decoder_distinct_iou': -0.5}, 'decoder_distinct_iou must be 0 (off) or an IoU in (0, 1), got -0.5')])
 def test_distinct_query_options_are_checked(options, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
         _transformer(**options)
