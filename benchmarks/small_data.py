@@ -27,6 +27,10 @@ VARIANTS = {
                    'both'),
     'topk': (DEMO, ['RTDETRDeformableTransformer.query_distinct_iou=0'],
              "the official query selection (top-k of the scores) instead of the demo's distinct queries"),
+    'selection_only': (DEMO, ['RTDETRDeformableTransformer.decoder_distinct_iou=0'],
+                       'distinct queries at selection only: no query dropped in the decoder'),
+    'decoder_0.7': (DEMO, ['RTDETRDeformableTransformer.decoder_distinct_iou=0.7'],
+                    'decoder queries dropped at IoU 0.7 instead of 0.8'),
 }
 
 
