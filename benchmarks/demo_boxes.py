@@ -1,18 +1,20 @@
 """Count the boxes a detector draws above a score threshold against the ground truth, object by object.
 
     python benchmarks/demo_boxes.py --anno dataset/shapes/annotations/instances_val.json \
-        --pred output/demo/bbox.json --threshold 0.5 [--out boxes.json]
+        --pred output/demo/bbox.json --threshold 0.5 [--out boxes.json] [--images_in output/demo/samples]
 
 `--pred` is a COCO results file (what `tools/eval.py` / `--eval` write as bbox.json). Per image, the boxes at or
 above the threshold are matched greedily, highest score first, to the unmatched ground-truth box of the same
 category with the largest IoU >= 0.5. A box that overlaps an already matched object of its category by
 IoU >= 0.5 is a duplicate; any other unmatched box is a false detection; an object no box matched is missed.
+`--images_in DIR` counts only the images whose file is in DIR (the demo's drawn pictures).
 Prints one summary line (and the per-image counts as JSON with --out); exits 1 if any box is a duplicate or
 false, or any object is missed, so a script can rely on "one box per object".
 """
 import argparse
 import collections
 import json
+import os
 import sys
 
 import numpy as np
@@ -87,9 +89,13 @@ def main(argv=None):
     parser.add_argument('--pred', required=True, help='COCO results file (bbox.json)')
     parser.add_argument('--threshold', type=float, default=0.5, help='draw threshold')
     parser.add_argument('--out', help='write the counts as JSON here')
+    parser.add_argument('--images_in', help='count only the images whose file (base name) is in this folder')
     args = parser.parse_args(argv)
     with open(args.anno) as f:
         gt = json.load(f)
+    if args.images_in:
+        names = set(os.listdir(args.images_in))
+        gt['images'] = [im for im in gt['images'] if os.path.basename(im['file_name']) in names]
     with open(args.pred) as f:
         result = count_boxes(gt, json.load(f), args.threshold)
     if args.out:

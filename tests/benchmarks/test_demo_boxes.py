@@ -1,5 +1,6 @@
 """The demo's box count: one box per object, duplicates, false detections and misses told apart."""
 import importlib.util
+import json
 import os
 
 from conftest import ROOT
@@ -47,3 +48,21 @@ def test_the_higher_score_takes_the_object():
     preds = [_pred(2, 3, [5, 5, 40, 40], .6), _pred(2, 3, [0, 0, 40, 40], .55)]
     result = demo_boxes.count_boxes(GT, preds, .5)
     assert (result['matched'], result['duplicates']) == (1, 1)
+
+
+def test_images_in_counts_only_the_drawn_pictures(tmp_path, capsys):
+    gt = {'images': [dict(im, file_name=f'images/val/{im["id"]:06d}.jpg') for im in GT['images']],
+          'annotations': GT['annotations']}
+    preds = [_pred(1, 3, [10, 10, 20, 20], .9), _pred(1, 7, [50, 50, 10, 10], .9),
+             _pred(2, 3, [0, 0, 40, 40], .9), _pred(2, 3, [1, 0, 40, 40], .8)]  # a duplicate in image 2
+    (tmp_path / 'anno.json').write_text(json.dumps(gt))
+    (tmp_path / 'bbox.json').write_text(json.dumps(preds))
+    drawn = tmp_path / 'drawn'
+    drawn.mkdir()
+    (drawn / '000001.jpg').write_bytes(b'')
+    args = ['--anno', str(tmp_path / 'anno.json'), '--pred', str(tmp_path / 'bbox.json')]
+    assert demo_boxes.main(args + ['--images_in', str(drawn)]) == 0
+    assert capsys.readouterr().out.strip() == ('boxes scored >= 0.5: 2 for 2 objects in 1 images: 2 on an object, '
+                                               '0 duplicates, 0 false, 0 objects missed')
+    assert demo_boxes.main(args) == 1
+    assert '1 duplicates' in capsys.readouterr().out
