@@ -16,18 +16,20 @@ from helpers.export_utils import ROOT  # noqa: F401  (puts the repository first 
 from ppdet_rtdetr.modeling.anchors import generate_anchors
 from ppdet_rtdetr.modeling.hybrid_encoder import sincos_position_embedding, upsample_nearest
 
-SIZES = [(60, 100), (44, 76), (92, 68), (8, 12)]  # feature-map sizes of stride 8 (480x800, 352x608, ...)
+# feature-map sizes of stride 8 (480x800, 352x608, ...), and odd ones (an input that is no multiple of 32)
+SIZES = [(60, 100), (44, 76), (92, 68), (8, 12), (45, 77), (9, 6)]
 
 
 class _ShapeOps(paddle.nn.Layer):
     """x [b, c, h, w] -> (position embedding of the h/4 x w/4 level, anchors and valid mask of the levels
-    h x w, h/2 x w/2, h/4 x w/4, the top-left quarter of x upsampled to h x w)."""
+    h x w, h/2 x w/2, h/4 x w/4, the top-left ceil(h/2) x ceil(w/2) of x (the size of the level a stride-2
+    convolution makes) upsampled to h x w)."""
 
     def forward(self, x):
         h, w = x.shape[2:]  # 0-D tensors when traced for any size
         anchors, valid = generate_anchors([(h, w), (h // 2, w // 2), (h // 4, w // 4)])
         pos = sincos_position_embedding(h // 4, w // 4, 256, 10000.)
-        return pos, anchors, valid.astype('float32'), upsample_nearest(x[:, :, :h // 2, :w // 2], (h, w))
+        return pos, anchors, valid.astype('float32'), upsample_nearest(x[:, :, :(h + 1) // 2, :(w + 1) // 2], (h, w))
 
 
 @pytest.fixture(scope='module')
