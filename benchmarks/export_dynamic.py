@@ -1,7 +1,8 @@
 """Fixed-size vs dynamic-size export: CPU latency at one size, Paddle Inference + oneDNN and onnxruntime.
 
     python benchmarks/export_dynamic.py [--configs configs/rtdetr/rtdetr_r18vd_6x_coco.yml ...] [--size 640 640]
-        [--rounds 3] [--warmup 2] [--runs 10] [--cpu_threads 2] [--output benchmarks/export_dynamic_640.json]
+        [--rounds 3] [--warmup 2] [--runs 10] [--cpu_threads 2] [--interleave N]
+        [--output benchmarks/export_dynamic_640.json]
 
 Each config (random weights, seed 0) is exported twice by tools/export_model.py, `--image_shape 3 H W` (anchors
 and position embeddings baked) and `--image_shape 3 -1 -1` (computed from the input by the graph), both with
@@ -10,6 +11,10 @@ warm-up, `runs` timed runs of the model on batch 1 at H x W, a numpy float32 GEM
 On a shared machine the speed drifts between measurements, so fixed and dynamic alternate (the order flips
 every round) and each round's ratio dynamic / fixed is taken between neighbours; the JSON keeps every
 measurement, and per engine the median and range of the ratios.
+
+Separate processes also differ by themselves (memory placement, the machine's drift between them), so
+`--interleave N` adds a second measurement per engine: both variants loaded in this one process and run in
+alternation, N pairs (the order flips every pair), between two GEMM probes; the ratio is taken per pair.
 """
 import argparse
 import os
@@ -21,7 +26,8 @@ import time
 import numpy as np
 
 from ppdet_rtdetr.benchmark.harness import emit_report, run_worker
-from ppdet_rtdetr.benchmark.probe import worker_env
+from ppdet_rtdetr.benchmark.probe import gemm_gflops, worker_env
+from ppdet_rtdetr.benchmark.runners import engine_runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ['configs/rtdetr/rtdetr_r18vd_6x_coco.yml', 'configs/rtdetr/rtdetr_r50vd_6x_coco.yml']
@@ -56,6 +62,31 @@ def measure(engine, model_dir, config, size, args):
     return run_worker(engine, model_dir, (3, *size), 1, args.cpu_threads, warmup=args.warmup, runs=args.runs)
 
 
+def interleaved(engine, dirs, size, threads, pairs, warmup):
+    """Both variants in this process, run in alternation: per-variant median latency and the per-pair ratios
+    dynamic / fixed (median, 10th and 90th percentile), with the GEMM rate before and after."""
+    h, w = size
+    inputs = {'image': np.random.RandomState(0).rand(1, 3, h, w).astype('float32'),
+              'im_shape': np.array([[h, w]], 'float32'), 'scale_factor': np.ones([1, 2], 'float32')}
+    gemm_before = gemm_gflops()
+    runs = {v: engine_runner(engine, dirs[v], inputs, threads) for v in VARIANTS}
+    for v in VARIANTS:
+        for _ in range(warmup):
+            runs[v]()
+    times = {v: [] for v in VARIANTS}
+    for i in range(pairs):
+        for v in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
+            start = time.perf_counter()
+            runs[v]()
+            times[v].append(time.perf_counter() - start)
+    ratios = np.array(times['dynamic']) / np.array(times['fixed'])
+    return {'pairs': pairs,
+            **{f'{v}_median_ms': round(1e3 * float(np.median(times[v])), 1) for v in VARIANTS},
+            'pair_ratio_median': round(float(np.median(ratios)), 3),
+            'pair_ratio_p10_p90': [round(float(q), 3) for q in np.percentile(ratios, [10, 90])],
+            'gemm_gflops_before_after': [round(gemm_before, 1), round(gemm_gflops(), 1)]}
+
+
 def summarize(rounds):
     """Per variant the median latency over rounds; the per-round ratios dynamic / fixed (latency, and latency
     per GEMM-speed unit: each measurement's ms times the mean of its own two GEMM figures)."""
@@ -84,11 +115,14 @@ def main(argv=None):
     parser.add_argument('--runs', type=int, default=10)
     parser.add_argument('--cpu_threads', type=int, default=2)
     parser.add_argument('--output', default=None)
+    parser.add_argument('--interleave', type=int, default=0, metavar='N',
+                        help='also time both variants in one process, N pairs in alternation (0: off)')
     parser.add_argument('--note', action='append', default=[])
     args = parser.parse_args(argv)
     report = {'tool': 'benchmarks/export_dynamic.py', 'date': time.strftime('%Y-%m-%d %H:%M'),
               'settings': {'size_hw': args.size, 'batch_size': 1, 'cpu_threads': args.cpu_threads,
                            'warmup': args.warmup, 'runs': args.runs, 'rounds': args.rounds,
+                           'interleave': args.interleave,
                            'weights': 'random (seed 0)'},
               'load_avg_1min_before': os.getloadavg()[0], 'models': {}}
     for config in args.configs:
@@ -102,7 +136,12 @@ def main(argv=None):
                     rounds.append({v: measure(engine, dirs[v], config, args.size, args) for v in order})
                     print(f'{os.path.basename(config)} {engine} round {i}: ' + ', '.join(
                         f"{v} {rounds[-1][v]['latency_ms']['median']:.0f} ms" for v in VARIANTS), file=sys.stderr)
-                model[engine] = dict(summarize(rounds), rounds=rounds)
+                model[engine] = dict(summarize(rounds), rounds=rounds) if rounds else {}
+                if args.interleave:
+                    model[engine]['interleaved'] = interleaved(engine, dirs, args.size, args.cpu_threads,
+                                                               args.interleave, args.warmup)
+                    print(f'{os.path.basename(config)} {engine} interleaved: {model[engine]["interleaved"]}',
+                          file=sys.stderr)
             report['models'][config] = model
     report['load_avg_1min_after'] = os.getloadavg()[0]
     report['notes'] = args.note
