@@ -61,7 +61,8 @@ def drop_copies(scores, boxes, iou_threshold, alive=None):
     """The decoder queries that stay alive after one more layer: Fast NMS among the live ones.
 
     A live query whose box overlaps a better-scored live query's box by IoU > `iou_threshold` is dropped (even if
-    that better one is dropped too, as in Fast NMS); a dropped query never comes back and never drops another.
+    that better one is dropped by this call too, as in Fast NMS); a query dropped at an earlier layer stays
+    dropped and drops no other.
 
     Args:
         scores (Tensor): [b, n] one score per query (its max class logit).
