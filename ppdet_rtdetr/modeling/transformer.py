@@ -198,7 +198,9 @@ class RTDETRDeformableTransformer(nn.Layer):
 
     def _get_decoder_input(self, memory, spatial_shapes, dn_embed=None, dn_bbox_unact=None):
         anchors, valid_mask = self._anchors(spatial_shapes, memory.dtype)
-        memory = paddle.where(valid_mask, memory, paddle.zeros_like(memory))
+        # the official where(valid_mask, memory, 0) as a product: equal values (a masked row of -0.0 still gives
+        # enc_output's bias), but onnxruntime ran the where and its broadcasts in 10 ms of R18vd's 190 (INT8)
+        memory = memory * valid_mask.astype(memory.dtype)
         output_memory = self.enc_output(memory)
         enc_logits = self.enc_score_head(output_memory)  # [b, l, k']
         enc_coord_unact = self.enc_bbox_head(output_memory) + anchors  # [b, l, 4]
