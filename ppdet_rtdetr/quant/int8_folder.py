@@ -13,7 +13,7 @@ from collections import OrderedDict
 import yaml
 
 from ..export import write_infer_cfg
-from .ort_int8 import GROUPS, QUANT_SETTINGS, node_groups, prepare_model, quantize_model
+from .ort_int8 import GROUPS, QUANT_SETTINGS, node_groups, prepare_model, quantize_model, quantized_op_types
 from .sensitivity import OrtRunner, detection_drift, sweep
 
 __all__ = ['quantize_export']
@@ -67,6 +67,7 @@ def quantize_export(model_dir, output_dir, reader, calibration_source, fp32_grou
             report = OrderedDict(groups={k: len(v) for k, v in groups.items()}, fp32_groups=list(fp32_groups),
                                  fp32_nodes=fp32_nodes,
                                  drift_final=detection_drift(ref, OrtRunner(final, threads)(reader.feeds)))
+        report['quantized_op_types'] = quantized_op_types(prepared, report['fp32_nodes'])
         shutil.copyfile(final, os.path.join(output_dir, 'model.onnx'))
     section = OrderedDict([('precision', 'int8'), ('engine', 'onnxruntime')])
     section.update(QUANT_SETTINGS)

@@ -51,11 +51,7 @@ def int8_case(tmp_path_factory):
     if not os.path.isfile(os.path.join(case.model_dir, 'model.onnx')):
         pytest.skip('paddle2onnx is not installed: no model.onnx')
     out = str(tmp_path_factory.mktemp('int8') / 'rtdetr_tiny_int8')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'quantize.py'), '-c', TINY_CFG,
-                           '--model_dir', case.model_dir, '--output_dir', out, '--calib_dir', case.images_dir,
-                           '--calib_images', '3', '--tolerance', str(TOLERANCE), '--cpu_threads', '1'],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _quantize(case, out, '--tolerance', str(TOLERANCE))
     return case, out
 
 
@@ -87,21 +83,45 @@ def test_infer_cfg_says_what_the_file_is(int8_case):
     assert quant['fp32_nodes'] == sum(report['groups'][g] for g in quant['fp32_groups'])
 
 
+def _quantize(case, out, *args):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'quantize.py'), '-c', TINY_CFG,
+                           '--model_dir', case.model_dir, '--output_dir', out, '--calib_dir', case.images_dir,
+                           '--calib_images', '3', '--cpu_threads', '1'] + list(args),
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+# the onnxruntime kernel each quantized op type must become (a QDQ group it could not fuse would run in float32
+# with extra (de)quantization instead); MatMul outputs are float32, hence MatMulIntegerToFloat
+INT8_KERNELS = {'Conv': ('QLinearConv',), 'MatMul': ('MatMulIntegerToFloat', 'QLinearMatMul'), 'Add': ('QLinearAdd',),
+                'Mul': ('QLinearMul',), 'Sigmoid': ('QLinearSigmoid',), 'AveragePool': ('QLinearAveragePool',),
+                'MaxPool': ('NhwcMaxPool',)}
+
+
 def test_int8_kernels_run(int8_case, tmp_path):
-    """onnxruntime turns every quantized Conv / MatMul into QLinearConv / QLinearMatMul (the VNNI kernels);
-    a QDQ pair it could not fuse would run as float32 with extra (de)quantization instead."""
+    """With every group quantized, each quantized op runs on onnxruntime's int8 kernel (the VNNI ones for Conv /
+    MatMul), no ReLU is left, and the feature maps of the backbone and CCFM stay uint8 between convolutions (the
+    Concats too)."""
     onnx = pytest.importorskip('onnx')
-    _, out = int8_case
+    case, _ = int8_case
+    out = str(tmp_path / 'all_int8')
+    _quantize(case, out, '--fp32_groups')
     with open(os.path.join(out, 'quant_report.json')) as f:
-        report = json.load(f)
-    quantized = sum(report['groups'].values()) - len(report['fp32_nodes'])
+        quantized = json.load(f)['quantized_op_types']
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / 'optimized.onnx')
     options.log_severity_level = 3
     ort.InferenceSession(os.path.join(out, 'model.onnx'), options, providers=['CPUExecutionProvider'])
     ops = [n.op_type for n in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
-    assert quantized > 0, 'the sweep kept every group in float32'
-    assert ops.count('QLinearConv') + ops.count('QLinearMatMul') == quantized, sorted(set(ops))
+    fp32_ops = [n.op_type for n in onnx.load(os.path.join(case.model_dir, 'model.onnx'),
+                                             load_external_data=False).graph.node]
+    assert set(INT8_KERNELS) | {'Relu', 'Concat'} <= set(quantized), quantized
+    for op_type, kernels in INT8_KERNELS.items():
+        assert sum(ops.count(k) for k in kernels) == quantized[op_type], (op_type, sorted(set(ops)))
+    # no ReLU runs: the quantizer drops the quantized ones, onnxruntime the rest (each before a QuantizeLinear
+    # whose uint8 range starts at 0, in the decoder's FFN)
+    assert fp32_ops.count('Relu') > quantized['Relu'] > 0 and ops.count('Relu') == 0
+    assert ops.count('QLinearConcat') >= quantized['Concat']
 
 
 def test_deploy_script_runs_it_within_the_recorded_drift(int8_case, tmp_path):
