@@ -54,24 +54,25 @@ def _hashinit_weights(config, path):
     return path
 
 
-def build(args):
+def build(config, work_dir, weights='hashinit', int8_name='int8', fp32_groups=None, tolerance=0.05, cpu_threads=2,
+          quantize=True):
     """Export + quantize into work_dir (kept between runs); returns (model facts, fp32 dir, int8 dir)."""
-    fp32_dir, int8_dir = os.path.join(args.work_dir, 'model'), os.path.join(args.work_dir, args.int8_name)
-    facts_file = os.path.join(args.work_dir, 'facts.json')
+    fp32_dir, int8_dir = os.path.join(work_dir, 'model'), os.path.join(work_dir, int8_name)
+    facts_file = os.path.join(work_dir, 'facts.json')
     if not os.path.isfile(facts_file):
-        os.makedirs(args.work_dir, exist_ok=True)
+        os.makedirs(work_dir, exist_ok=True)
         opt = {}
-        if args.weights == 'hashinit':
-            opt['weights'] = _hashinit_weights(args.config, os.path.join(args.work_dir, 'hashinit.pdparams'))
-        facts, fp32_dir, _ = prepare(args.config, opt, [3, 640, 640], args.work_dir)
-        facts['weights'] = args.weights
+        if weights == 'hashinit':
+            opt['weights'] = _hashinit_weights(config, os.path.join(work_dir, 'hashinit.pdparams'))
+        facts, fp32_dir, _ = prepare(config, opt, [3, 640, 640], work_dir)
+        facts['weights'] = weights
         with open(facts_file, 'w') as f:
             json.dump(facts, f)
     with open(facts_file) as f:
         facts = json.load(f)
-    if not args.compare and not os.path.isfile(os.path.join(int8_dir, 'model.onnx')):
+    if quantize and not os.path.isfile(os.path.join(int8_dir, 'model.onnx')):
         quantize_export(fp32_dir, int8_dir, _golden_images(), '2 COCO images of the R18vd golden reference',
-                        args.fp32_groups, args.tolerance, threads=args.cpu_threads)
+                        fp32_groups, tolerance, threads=cpu_threads)
     return facts, fp32_dir, int8_dir
 
 
@@ -95,7 +96,8 @@ def main(argv=None):
     parser.add_argument('--note', action='append', default=[])
     args = parser.parse_args(argv)
     report = {'tool': 'benchmarks/int8_speed.py', 'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': machine()}
-    report['model'], fp32_dir, _ = build(args)
+    report['model'], fp32_dir, _ = build(args.config, args.work_dir, args.weights, args.int8_name, args.fp32_groups,
+                                         args.tolerance, args.cpu_threads, quantize=not args.compare)
     names = args.compare or [args.int8_name]
     images = _golden_images()
     ref = OrtRunner(os.path.join(fp32_dir, 'model.onnx'), args.cpu_threads)(images.feeds)

@@ -13,10 +13,9 @@ median); a numpy float32 2048^3 GEMM is measured before and after every process 
 while other jobs load the VM (wall time then mostly measures how much of a core the process was given).
 
 ``--official_repo`` is a PaddleDetection checkout (develop; the one with ppdet/modeling/transformers/
-rtdetr_transformer.py), put first on ``sys.path`` of the official worker only, so its ``ppdet`` replaces
-paddledet 2.6.0 there. Two fixes make it import on Paddle 3.3 here, both outside its RT-DETR code: ``imgaug``
-(imported by its lane-detection datasets, not installed) is stubbed, and ``norm_type: bn`` replaces sync_bn
-(a CPU process has no NCCL). Without ``--official_repo`` only our step is timed.
+rtdetr_transformer.py), imported by the official worker only (benchmarks/official.py: its ``ppdet`` replaces
+paddledet 2.6.0 there, ``imgaug`` stubbed, ``norm_type: bn`` instead of sync_bn). Without ``--official_repo``
+only our step is timed.
 
 Our worker also records the host-side share of a step: the time spent in the matcher, in building the
 denoising group and in the criterion (forward only, wall time, including the ops they launch).
@@ -76,23 +75,12 @@ def _inputs(size):
 def _build(kind, official_repo):
     """The R18vd model in train mode, from our config or the official one."""
     if kind == 'official':
-        import types
-        from unittest import mock
-        sys.path.insert(0, official_repo)
-
-        class _Stub(types.ModuleType):
-            def __getattr__(self, name):
-                if name.startswith('__'):
-                    raise AttributeError(name)
-                return mock.MagicMock()
-        for name in ('imgaug', 'imgaug.augmenters', 'imgaug.augmentables', 'imgaug.augmentables.lines',
-                     'imgaug.augmentables.segmaps', 'imgaug.augmentables.kps', 'imgaug.augmentables.bbs'):
-            sys.modules[name] = _Stub(name)
-        from ppdet.core.workspace import create, load_config, merge_config
-        cfg = load_config(os.path.join(official_repo, OFFICIAL_CFG))
-        merge_config({'norm_type': 'bn', 'pretrain_weights': ''})
-        assert os.path.dirname(sys.modules['ppdet'].__file__).startswith(official_repo)
-        return create(cfg.architecture)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from official import import_official
+        workspace = import_official(official_repo)
+        cfg = workspace.load_config(os.path.join(official_repo, OFFICIAL_CFG))
+        workspace.merge_config({'norm_type': 'bn', 'pretrain_weights': ''})
+        return workspace.create(cfg.architecture)
     sys.path.insert(0, ROOT)
     import ppdet_rtdetr  # noqa: F401  (registers modules)
     from ppdet.core.workspace import create, load_config, merge_config
@@ -236,6 +224,7 @@ def main(argv=None):
         with open(args.out, 'w') as f:
             f.write(text + '\n')
     print(text)
+    return report
 
 
 if __name__ == '__main__':

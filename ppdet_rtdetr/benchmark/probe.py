@@ -1,8 +1,9 @@
 """This machine's reference speeds and the timing helpers every benchmark shares.
 
 Shared VMs drift by 1.5x within minutes, so each figure is read against a GEMM measured right before and
-after it: numpy's float32 GEMM (the fp32 rate), and onnxruntime's uint8 x int8 MatMulInteger (the int8 rate;
-on AVX512-VNNI it runs at about 3-4x the float32 rate, on AVX2 without VNNI at about 2x).
+after it: the float32 rate (the faster of numpy's BLAS and Paddle's CPU matmul), and onnxruntime's uint8 x
+int8 MatMulInteger (the int8 rate; on AVX512-VNNI it runs at about 3-4x the float32 rate, on AVX2 without
+VNNI at about 2x).
 """
 import os
 import platform
@@ -10,7 +11,7 @@ import time
 
 import numpy as np
 
-__all__ = ['gemm_gflops', 'int8_gemm_gops', 'timed', 'stats_ms', 'machine', 'worker_env']
+__all__ = ['gemm_gflops', 'gemm_gflops_fresh', 'int8_gemm_gops', 'timed', 'stats_ms', 'machine', 'worker_env']
 
 
 def _median_rate(fn, flops, repeats):
@@ -24,10 +25,27 @@ def _median_rate(fn, flops, repeats):
 
 
 def gemm_gflops(n=2048, repeats=5):
-    """float32 n x n x n GEMM speed of numpy (median of `repeats` after one warm-up), in GFLOP/s."""
+    """float32 n x n x n GEMM speed of this machine (median of `repeats` after one warm-up), in GFLOP/s: the
+    faster of numpy's BLAS and Paddle's CPU matmul (MKL). Either alone can miss the hardware: on an AMD EPYC
+    MKL ran its generic path (see worker_env), on a Xeon numpy's OpenBLAS ran at 41 GFLOP/s where MKL and
+    onnxruntime's MLAS ran at 195."""
+    import paddle
     a = np.random.RandomState(0).rand(n, n).astype('float32')
     b = np.random.RandomState(1).rand(n, n).astype('float32')
-    return _median_rate(lambda: a @ b, 2 * n ** 3, repeats)
+    pa, pb = paddle.to_tensor(a, place=paddle.CPUPlace()), paddle.to_tensor(b, place=paddle.CPUPlace())
+    return max(_median_rate(lambda: a @ b, 2 * n ** 3, repeats),
+               _median_rate(lambda: paddle.matmul(pa, pb).numpy(), 2 * n ** 3, repeats))
+
+
+def gemm_gflops_fresh(n=2048):
+    """`gemm_gflops` measured in a new process with this one's environment. A worker reads its "after" probe
+    this way: once Paddle Inference has run with oneDNN, the process's own GEMM stays ~35% slower (196 ->
+    125 GFLOP/s on R18vd's worker), which would flatter the engine just measured."""
+    import subprocess
+    import sys
+    code = f'from ppdet_rtdetr.benchmark.probe import gemm_gflops; print(gemm_gflops({int(n)}))'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def int8_gemm_gops(n=2048, repeats=5, threads=None):

@@ -60,9 +60,33 @@ def dygraph_runner(model, inputs):
     return run, stages
 
 
+def _official_onednn_runner(model_dir, inputs, cpu_threads):
+    """Paddle Inference with oneDNN and its `onednn_placement_pass` deleted: the official export's upsample
+    (nearest_interp) fails in the oneDNN executor otherwise (benchmarks/official.py)."""
+    from paddle import inference
+    config = inference.Config(*load_deploy('python/preprocess.py', 'deploy_pre').find_model_files(model_dir))
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(cpu_threads)
+    config.enable_mkldnn()
+    config.delete_pass('onednn_placement_pass')
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    handles = {name: predictor.get_input_handle(name) for name in predictor.get_input_names()}
+
+    def run():
+        for name, handle in handles.items():
+            handle.copy_from_cpu(inputs[name])
+        predictor.run()
+        return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+    return run
+
+
 def engine_runner(engine, model_dir, inputs, cpu_threads, model_file=None):
     """run() of a deploy detector: 'onnxruntime' (deploy/onnxruntime, `model_file` or model_dir/model.onnx),
-    'paddle' or 'paddle_mkldnn' (deploy/python, Paddle Inference without / with oneDNN)."""
+    'paddle' or 'paddle_mkldnn' (deploy/python, Paddle Inference without / with oneDNN), or
+    'paddle_mkldnn_official' (how the official export runs on oneDNN, `_official_onednn_runner`)."""
+    if engine == 'paddle_mkldnn_official':
+        return _official_onednn_runner(model_dir, inputs, cpu_threads)
     if engine == 'onnxruntime':
         detector = load_deploy('onnxruntime/infer.py', 'deploy_ort').OrtDetector(model_dir, model_file,
                                                                                  cpu_threads=cpu_threads)

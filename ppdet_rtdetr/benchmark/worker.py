@@ -9,12 +9,14 @@ import json
 
 import numpy as np
 
-from .probe import gemm_gflops, int8_gemm_gops, stats_ms, timed
+from .probe import gemm_gflops, gemm_gflops_fresh, int8_gemm_gops, stats_ms, timed
 from .runners import STAGES, dygraph_runner, engine_runner, ort_op_share, paddle_op_totals
 
-__all__ = ['ENGINES', 'measure', 'main']
+__all__ = ['ENGINES', 'OFFICIAL_ENGINES', 'measure', 'main']
 
 ENGINES = ('dygraph', 'paddle', 'paddle_mkldnn', 'onnxruntime')
+# how the official export runs on oneDNN (runners.engine_runner); for benchmarks/cpu_speed.py
+OFFICIAL_ENGINES = ('paddle_mkldnn_official',)
 
 
 def _dygraph_model(config, opt, weights, image_shape):
@@ -56,9 +58,9 @@ def measure(args):
                                for (name, _), t in zip(STAGES, np.median(stage_times, 0))}
     if args.profile and args.engine == 'onnxruntime':
         result['op_share'] = ort_op_share(args.model_file or f'{args.model_dir}/model.onnx', inputs, args.cpu_threads)
-    elif args.profile and args.engine != 'dygraph':
+    elif args.profile and args.engine in ('paddle', 'paddle_mkldnn'):
         result['op_share'] = paddle_op_totals(args.model_dir, inputs, args.cpu_threads, args.engine == 'paddle_mkldnn')
-    result['gemm_gflops_after'] = round(gemm_gflops(args.gemm_size), 1)
+    result['gemm_gflops_after'] = round(gemm_gflops_fresh(args.gemm_size), 1)
     if args.int8_probe:
         result['int8_gemm_gops_after'] = round(int8_gemm_gops(args.gemm_size, threads=args.cpu_threads), 1)
     return result
@@ -71,7 +73,7 @@ def _kv(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--engine', required=True, choices=ENGINES)
+    parser.add_argument('--engine', required=True, choices=ENGINES + OFFICIAL_ENGINES)
     parser.add_argument('--model_dir', default=None)
     parser.add_argument('--model_file', default=None, help='onnxruntime: another ONNX file (e.g. the INT8 one)')
     parser.add_argument('-c', '--config', default=None)

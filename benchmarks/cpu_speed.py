@@ -1,0 +1,146 @@
+"""CPU speed against the official PaddleDetection RT-DETR, every figure of issue 14 in one run and one JSON.
+
+    python benchmarks/cpu_speed.py --official_repo DIR --work_dir /tmp/cpu_speed [--models r18vd r50vd] \
+        [--rounds 4] [--runs 5] [--train_rounds 2] [--train_steps 3] [--output benchmarks/cpu_speed.json]
+
+For each model (640x640, batch 1, `--cpu_threads`, the name-hashed weights of tests/reference, which load into
+both implementations: the parameter names are the official ones):
+1. our fixed-size export (Paddle + ONNX) and its INT8 ONNX (tools/quantize.py's path, every group quantized,
+   calibrated on the two golden COCO images), and the official export of the same weights
+   (benchmarks/official.py); all kept in work_dir between runs;
+2. `--rounds` rounds; in each, every engine x implementation runs in its own worker process between two numpy
+   GEMM probes: Paddle Inference + oneDNN (ours; the official with its placement pass deleted, the only way it
+   runs there), onnxruntime (ours, official, ours INT8); the order is reversed every other round.
+Ratios are taken within a round (the VM's speed drifts between rounds) and summarised by their median.
+Then benchmarks/train_step.py: the R18vd training step (batch 2, denoising 100), ours against the official.
+`targets` compares the medians with the issue's targets.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, HERE]
+
+from int8_speed import build  # noqa: E402
+from ppdet_rtdetr.benchmark.harness import emit_report, run_worker, summarize  # noqa: E402
+from ppdet_rtdetr.benchmark.probe import machine  # noqa: E402
+
+MODELS = {'r18vd': 'rtdetr_r18vd_6x_coco.yml', 'r50vd': 'rtdetr_r50vd_6x_coco.yml'}
+# (name, engine, implementation); 'int8' is our INT8 file in onnxruntime
+RUNS = (('onednn_ours', 'paddle_mkldnn', 'ours'), ('onednn_official', 'paddle_mkldnn_official', 'official'),
+        ('ort_ours', 'onnxruntime', 'ours'), ('ort_official', 'onnxruntime', 'official'),
+        ('ort_int8', 'onnxruntime', 'int8'))
+TARGETS = {'int8_speedup': ('>=', 2.0), 'onednn_fraction_of_gemm_r18vd': ('>=', 0.85),
+           'ort_ours_over_official_r50vd': ('<=', 1.0), 'train_step_ours_over_official': ('<=', 0.8)}
+
+
+def official_export(repo, config, weights, ours_dir, out):
+    """The official export of `weights` in `out` with our infer_cfg.yml (same preprocessing) and model.onnx."""
+    from ppdet_rtdetr.export import export_onnx
+    if not os.path.isfile(os.path.join(out, 'model.onnx')):
+        env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+        subprocess.run([sys.executable, os.path.join(HERE, 'official.py'), '--repo', repo, '--config',
+                        os.path.join('configs', 'rtdetr', config), '--weights', weights, '--out', out],
+                       check=True, env=env)
+        shutil.copyfile(os.path.join(ours_dir, 'infer_cfg.yml'), os.path.join(out, 'infer_cfg.yml'))
+        export_onnx(out)
+    return out
+
+
+def time_model(dirs, gflops, args, log=sys.stderr):
+    """`args.rounds` rounds of every RUNS entry; returns (rounds, summary of the within-round ratios)."""
+    rounds = []
+    for index in range(args.rounds):
+        row = {}
+        for name, engine, impl in (RUNS if index % 2 == 0 else RUNS[::-1]):
+            model_file = os.path.join(dirs['int8'], 'model.onnx') if impl == 'int8' else None
+            result = run_worker(engine, dirs['official' if impl == 'official' else 'ours'], [3, 640, 640], 1,
+                                args.cpu_threads, args.warmup, args.runs, model_file=model_file)
+            row[name] = summarize(result, gflops, 1)
+        row['ratios'] = {
+            'onednn_ours_over_official': row['onednn_ours']['latency_ms']['median']
+            / row['onednn_official']['latency_ms']['median'],
+            'ort_ours_over_official': row['ort_ours']['latency_ms']['median']
+            / row['ort_official']['latency_ms']['median'],
+            'int8_speedup': row['ort_ours']['latency_ms']['median'] / row['ort_int8']['latency_ms']['median']}
+        row['ratios'] = {k: round(v, 3) for k, v in row['ratios'].items()}
+        print(f'round {index}: ' + ', '.join(f"{k} {row[k]['latency_ms']['median']:.0f} ms"
+                                              for k, _, _ in RUNS) + f" {row['ratios']}", file=log)
+        rounds.append(row)
+    summary = {key: _spread([r['ratios'][key] for r in rounds]) for key in rounds[0]['ratios']}
+    for name, _, _ in RUNS:
+        summary[f'fraction_of_gemm_{name}'] = _spread([r[name]['fraction_of_gemm'] for r in rounds])
+    return rounds, summary
+
+
+def _spread(values):
+    return {'median': round(float(np.median(values)), 3), 'min': min(values), 'max': max(values)}
+
+
+def targets(summaries, train):
+    """{target: {value, target, met}} from the per-model summaries and the training-step report."""
+    values = {'int8_speedup': min(s['int8_speedup']['median'] for s in summaries.values()),
+              'onednn_fraction_of_gemm_r18vd': summaries.get('r18vd', {}).get(
+                  'fraction_of_gemm_onednn_ours', {}).get('median'),
+              'ort_ours_over_official_r50vd': summaries.get('r50vd', {}).get(
+                  'ort_ours_over_official', {}).get('median'),
+              'train_step_ours_over_official': (train or {}).get('ratio', {}).get('median')}
+    out = {}
+    for key, (op, bound) in TARGETS.items():
+        value = values[key]
+        met = None if value is None else (value >= bound if op == '>=' else value <= bound)
+        out[key] = {'value': value, 'target': f'{op} {bound}', 'met': met}
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--official_repo', required=True, help='PaddleDetection checkout (develop)')
+    parser.add_argument('--work_dir', required=True)
+    parser.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS))
+    parser.add_argument('--rounds', type=int, default=4)
+    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--cpu_threads', type=int, default=2)
+    parser.add_argument('--train_rounds', type=int, default=2, help='0: no training-step measurement')
+    parser.add_argument('--train_steps', type=int, default=3)
+    parser.add_argument('--output', default=None)
+    parser.add_argument('--note', action='append', default=[])
+    args = parser.parse_args(argv)
+    repo = os.path.abspath(args.official_repo)
+    report = {'tool': 'benchmarks/cpu_speed.py', 'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': machine(),
+              'settings': {'input_hw': [640, 640], 'batch_size': 1, 'cpu_threads': args.cpu_threads,
+                           'rounds': args.rounds, 'runs': args.runs, 'warmup': args.warmup},
+              'models': {}}
+    summaries = {}
+    for key in args.models:
+        work = os.path.join(args.work_dir, key)
+        config = os.path.join(ROOT, 'configs', 'rtdetr', MODELS[key])
+        facts, ours, int8 = build(config, work, int8_name='int8', fp32_groups=[], cpu_threads=args.cpu_threads)
+        official = official_export(repo, MODELS[key], os.path.join(work, 'hashinit.pdparams'), ours,
+                                   os.path.join(work, 'official'))
+        rounds, summaries[key] = time_model({'ours': ours, 'official': official, 'int8': int8},
+                                            facts['gflops_per_image'], args)
+        report['models'][key] = {'facts': facts, 'summary': summaries[key], 'rounds': rounds}
+    train = None
+    if args.train_rounds:
+        import train_step
+        train = train_step.main(['--official_repo', repo, '--rounds', str(args.train_rounds), '--steps',
+                                 str(args.train_steps), '--cpu_threads', str(args.cpu_threads)])
+        report['train_step'] = train
+    report['targets'] = targets(summaries, train)
+    report['machine']['load_avg_1min_after'] = os.getloadavg()[0]
+    report['notes'] = args.note
+    emit_report(report, args.output)
+    return report
+
+
+if __name__ == '__main__':
+    main()
