@@ -19,6 +19,16 @@ class _ExplicitSilu(nn.Layer):
         return x * F.sigmoid(x)
 
 
+class _Silu(nn.Layer):
+    """SiLU; an exported (static) graph writes it as swish(x, beta=1), the same function: Paddle Inference's
+    oneDNN passes fuse swish into the convolution before it but not silu (measured on two 128-channel 3x3
+    conv + BN + act at 80x80: 14.1 ms fused, 19.1 ms with silu). Training and dygraph eval keep silu, whose
+    kernel rounds differently (1 ulp), so that they stay bit-equal to the official model."""
+
+    def forward(self, x):
+        return F.silu(x) if paddle.in_dynamic_mode() else F.swish(x)
+
+
 def get_activation(name, trt=False):
     """Activation layer by name (`relu`, `silu`, `gelu`, `leaky_relu`, `hardswish`); None -> identity.
 
@@ -26,7 +36,7 @@ def get_activation(name, trt=False):
     """
     if name is None:
         return nn.Identity()
-    table = {'relu': nn.ReLU, 'silu': nn.Silu, 'swish': nn.Silu, 'gelu': nn.GELU,
+    table = {'relu': nn.ReLU, 'silu': _Silu, 'swish': _Silu, 'gelu': nn.GELU,
              'leaky_relu': nn.LeakyReLU, 'hardswish': nn.Hardswish}
     if name not in table:
         raise ValueError(f"unknown activation '{name}'; choose one of {sorted(table)}")
