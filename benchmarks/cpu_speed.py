@@ -1,7 +1,7 @@
 """CPU speed against the official PaddleDetection RT-DETR, every figure of issue 14 in one run and one JSON.
 
     python benchmarks/cpu_speed.py --official_repo DIR --work_dir /tmp/cpu_speed [--models r18vd r50vd] \
-        [--rounds 4] [--runs 5] [--train_rounds 2] [--train_steps 3] [--output benchmarks/cpu_speed.json]
+        [--rounds 4] [--runs 5] [--pairs 0] [--train_rounds 2] [--train_steps 3] [--output benchmarks/cpu_speed.json]
 
 For each model (640x640, batch 1, `--cpu_threads`, the name-hashed weights of tests/reference, which load into
 both implementations: the parameter names are the official ones):
@@ -12,8 +12,11 @@ both implementations: the parameter names are the official ones):
    GEMM probes: Paddle Inference + oneDNN (ours; the official with its placement pass deleted, the only way it
    runs there), onnxruntime (ours, official, ours INT8); the order is reversed every other round.
 Ratios are taken within a round (the VM's speed drifts between rounds) and summarised by their median.
+With `--pairs N`, each comparison (ours / official on oneDNN and on onnxruntime, INT8 / float32) is also
+timed in one process, the two models alternating run by run, N pairs (`paired`): between processes this
+VM's speed varies more than some of the differences measured.
 Then benchmarks/train_step.py: the R18vd training step (batch 2, denoising 100), ours against the official.
-`targets` compares the medians with the issue's targets.
+`targets` compares the medians with the issue's targets (the per-process rounds).
 """
 import argparse
 import os
@@ -80,6 +83,40 @@ def time_model(dirs, gflops, args, log=sys.stderr):
     return rounds, summary
 
 
+# (name, (engine, implementation) timed, (engine, implementation) it is divided by)
+PAIRS = (('onednn_ours_over_official', ('paddle_mkldnn', 'ours'), ('paddle_mkldnn_official', 'official')),
+         ('ort_ours_over_official', ('onnxruntime', 'ours'), ('onnxruntime', 'official')),
+         ('ort_int8_over_fp32', ('onnxruntime', 'int8'), ('onnxruntime', 'ours')))
+
+
+def paired(dirs, args):
+    """Per PAIRS entry, both models in this process, alternating for `args.pairs` pairs after 2 warm-ups:
+    median latencies and the per-pair ratio (median, 10th and 90th percentile)."""
+    from ppdet_rtdetr.benchmark.runners import engine_runner
+    inputs = {'image': np.random.RandomState(0).rand(1, 3, 640, 640).astype('float32'),
+              'im_shape': np.array([[640, 640]], 'float32'), 'scale_factor': np.ones([1, 2], 'float32')}
+    out = {}
+    for name, *sides in PAIRS:
+        runs = []
+        for engine, impl in sides:
+            model_file = os.path.join(dirs['int8'], 'model.onnx') if impl == 'int8' else None
+            runs.append(engine_runner(engine, dirs['official' if impl == 'official' else 'ours'], inputs,
+                                      args.cpu_threads, model_file))
+        for run in runs * 2:
+            run()
+        times = [[], []]
+        for i in range(args.pairs):
+            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                start = time.perf_counter()
+                runs[k]()
+                times[k].append(time.perf_counter() - start)
+        ratios = np.array(times[0]) / np.array(times[1])
+        out[name] = {'median_ms': [round(1e3 * float(np.median(t)), 1) for t in times],
+                     'pair_ratio_median': round(float(np.median(ratios)), 3),
+                     'pair_ratio_p10_p90': [round(float(q), 3) for q in np.percentile(ratios, [10, 90])]}
+    return out
+
+
 def _spread(values):
     return {'median': round(float(np.median(values)), 3), 'min': min(values), 'max': max(values)}
 
@@ -109,6 +146,7 @@ def main(argv=None):
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--cpu_threads', type=int, default=2)
+    parser.add_argument('--pairs', type=int, default=0, help='also time each comparison in one process, N pairs')
     parser.add_argument('--train_rounds', type=int, default=2, help='0: no training-step measurement')
     parser.add_argument('--train_steps', type=int, default=3)
     parser.add_argument('--output', default=None)
@@ -117,7 +155,7 @@ def main(argv=None):
     repo = os.path.abspath(args.official_repo)
     report = {'tool': 'benchmarks/cpu_speed.py', 'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': machine(),
               'settings': {'input_hw': [640, 640], 'batch_size': 1, 'cpu_threads': args.cpu_threads,
-                           'rounds': args.rounds, 'runs': args.runs, 'warmup': args.warmup},
+                           'rounds': args.rounds, 'runs': args.runs, 'warmup': args.warmup, 'pairs': args.pairs},
               'models': {}}
     summaries = {}
     for key in args.models:
@@ -126,16 +164,20 @@ def main(argv=None):
         facts, ours, int8 = build(config, work, int8_name='int8', fp32_groups=[], cpu_threads=args.cpu_threads)
         official = official_export(repo, MODELS[key], os.path.join(work, 'hashinit.pdparams'), ours,
                                    os.path.join(work, 'official'))
-        rounds, summaries[key] = time_model({'ours': ours, 'official': official, 'int8': int8},
-                                            facts['gflops_per_image'], args)
-        report['models'][key] = {'facts': facts, 'summary': summaries[key], 'rounds': rounds}
+        dirs = {'ours': ours, 'official': official, 'int8': int8}
+        report['models'][key] = {'facts': facts}
+        if args.rounds:
+            rounds, summaries[key] = time_model(dirs, facts['gflops_per_image'], args)
+            report['models'][key].update(summary=summaries[key], rounds=rounds)
+        if args.pairs:
+            report['models'][key]['paired'] = paired(dirs, args)
     train = None
     if args.train_rounds:
         import train_step
         train = train_step.main(['--official_repo', repo, '--rounds', str(args.train_rounds), '--steps',
                                  str(args.train_steps), '--cpu_threads', str(args.cpu_threads)])
         report['train_step'] = train
-    report['targets'] = targets(summaries, train)
+    report['targets'] = targets(summaries, train) if summaries else None
     report['machine']['load_avg_1min_after'] = os.getloadavg()[0]
     report['notes'] = args.note
     emit_report(report, args.output)

@@ -56,3 +56,29 @@ def test_targets_are_judged_on_the_medians():
         'ort_ours_over_official_r50vd': (1.0, True),
         'train_step_ours_over_official': (0.95, False)}
     assert script.targets({'r18vd': summaries['r18vd']}, None)['train_step_ours_over_official']['met'] is None
+
+
+def test_paired_alternates_in_one_process(monkeypatch):
+    # a fake clock: each run advances it by its model's cost; the machine slows down 1.5x half-way, which
+    # the per-pair ratios do not see
+    import ppdet_rtdetr.benchmark.runners as runners
+    script = _script()
+    clock, order = [0.], []
+    cost = {('paddle_mkldnn', 'O'): 4., ('paddle_mkldnn_official', 'F'): 5., ('onnxruntime', 'O'): 3.,
+            ('onnxruntime', 'F'): 3., ('onnxruntime', 'I'): 1.2}
+
+    def fake_runner(engine, model_dir, inputs, threads, model_file=None):
+        key = (engine, 'I' if model_file else model_dir)
+
+        def run():
+            order.append(key)
+            clock[0] += cost[key] * (1.5 if len(order) % 16 > 8 else 1.)
+        return run
+
+    monkeypatch.setattr(runners, 'engine_runner', fake_runner)
+    monkeypatch.setattr(script.time, 'perf_counter', lambda: clock[0])
+    out = script.paired({'ours': 'O', 'official': 'F', 'int8': 'I'}, argparse.Namespace(pairs=4, cpu_threads=2))
+    assert {k: v['pair_ratio_median'] for k, v in out.items()} == {
+        'onednn_ours_over_official': 0.8, 'ort_ours_over_official': 1.0, 'ort_int8_over_fp32': 0.4}
+    a, b = ('paddle_mkldnn', 'O'), ('paddle_mkldnn_official', 'F')
+    assert order[:12] == [a, b] * 2 + [a, b, b, a, a, b, b, a]  # 2 warm-ups each, then alternating pairs
