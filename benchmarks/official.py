@@ -57,7 +57,8 @@ def _interpolate_to_size():
 
 
 def export_official(repo, config, weights, out, size=640):
-    """Export the official model of `config` (relative to `repo`) with `weights` at size x size, batch 1."""
+    """Export the official model of `config` (relative to `repo`) with `weights` at size x size and any batch
+    size, as its tools/export_model.py does (input specs with batch None)."""
     import paddle
     workspace = import_official(repo)
     cfg = workspace.load_config(os.path.join(repo, config))
@@ -70,9 +71,9 @@ def export_official(repo, config, weights, out, size=640):
     model.set_state_dict(state)
     model.eval()
     _interpolate_to_size()
-    spec = [{'image': paddle.static.InputSpec([1, 3, size, size], 'float32', 'image'),
-             'im_shape': paddle.static.InputSpec([1, 2], 'float32', 'im_shape'),
-             'scale_factor': paddle.static.InputSpec([1, 2], 'float32', 'scale_factor')}]
+    spec = [{'image': paddle.static.InputSpec([None, 3, size, size], 'float32', 'image'),
+             'im_shape': paddle.static.InputSpec([None, 2], 'float32', 'im_shape'),
+             'scale_factor': paddle.static.InputSpec([None, 2], 'float32', 'scale_factor')}]
     os.makedirs(out, exist_ok=True)
     paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), os.path.join(out, 'model'),
                     input_spec=spec)

@@ -67,8 +67,8 @@ def test_paired_alternates_in_one_process(monkeypatch):
     cost = {('paddle_mkldnn', 'O'): 4., ('paddle_mkldnn_official', 'F'): 5., ('onnxruntime', 'O'): 3.,
             ('onnxruntime', 'F'): 3., ('onnxruntime', 'I'): 1.2}
 
-    def fake_runner(engine, model_dir, inputs, threads, model_file=None):
-        key = (engine, 'I' if model_file else model_dir)
+    def fake_runner(engine, model_dir, inputs, threads):
+        key = (engine, model_dir)
 
         def run():
             order.append(key)
@@ -76,6 +76,8 @@ def test_paired_alternates_in_one_process(monkeypatch):
         return run
 
     monkeypatch.setattr(runners, 'engine_runner', fake_runner)
+    monkeypatch.setattr(script, '_ort_runner', lambda model_file, inputs, threads: fake_runner(
+        'onnxruntime', model_file.split('/')[0], inputs, threads))
     monkeypatch.setattr(script.time, 'perf_counter', lambda: clock[0])
     out = script.paired({'ours': 'O', 'official': 'F', 'int8': 'I'}, argparse.Namespace(pairs=4, cpu_threads=2))
     assert {k: v['pair_ratio_median'] for k, v in out.items()} == {
