@@ -8,9 +8,10 @@ both implementations: the parameter names are the official ones):
 1. our fixed-size export (Paddle + ONNX) and its INT8 ONNX (tools/quantize.py's path, every group quantized,
    calibrated on the two golden COCO images), and the official export of the same weights
    (benchmarks/official.py); all kept in work_dir between runs;
-2. `--rounds` rounds; in each, every engine x implementation runs in its own worker process between two numpy
-   GEMM probes: Paddle Inference + oneDNN (ours; the official with its placement pass deleted, the only way it
-   runs there), onnxruntime (ours, official, ours INT8); the order is reversed every other round.
+2. `--rounds` rounds; in each, every engine x implementation runs in its own worker process between two
+   float32 GEMM probes (probe.gemm_gflops): Paddle Inference + oneDNN (ours; the official with its placement
+   pass deleted, the only way it runs there), onnxruntime (ours, official, ours INT8); the order is reversed
+   every other round.
 Ratios are taken within a round (the VM's speed drifts between rounds) and summarised by their median.
 With `--pairs N`, each comparison (ours / official on oneDNN and on onnxruntime, INT8 / float32) is also
 timed in one process, the two models alternating run by run, N pairs (`paired`): between processes this
