@@ -57,7 +57,7 @@ def upsample_nearest(x, size):
     finer than x, i.e. H in {2h - 1, 2h} (and W alike), as between the encoder's levels: every pixel is repeated
     twice and the result cropped to (H, W), which is what the source index gives for those sizes. (Gathers
     would serve any size, but Paddle Inference's index_select took 22 ms of a 450 ms R18vd run at 640, where
-    the fixed export's repeats take 7.)
+    the copies take 7-10.)
     """
     h, w = x.shape[2:]
     # an export for any input size traces the sizes as shape tensors (or -1): only Python ints are known
