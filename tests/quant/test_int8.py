@@ -44,6 +44,14 @@ def test_pick_evenly_spreads_over_the_list():
         pick_evenly([1], 0)
 
 
+def _quantize(case, out, *args):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'quantize.py'), '-c', TINY_CFG,
+                           '--model_dir', case.model_dir, '--output_dir', out, '--calib_dir', case.images_dir,
+                           '--calib_images', '3', '--cpu_threads', '1'] + list(args),
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 @pytest.fixture(scope='module')
 def int8_case(tmp_path_factory):
     """(export case, INT8 folder written by tools/quantize.py with its sensitivity sweep)."""
@@ -81,14 +89,6 @@ def test_infer_cfg_says_what_the_file_is(int8_case):
     assert sorted(quant['fp32_groups']) == sorted(steps[-1]['fp32_groups'])
     assert quant['drift_on_calibration_images'] == steps[-1]['drift']
     assert quant['fp32_nodes'] == sum(report['groups'][g] for g in quant['fp32_groups'])
-
-
-def _quantize(case, out, *args):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'quantize.py'), '-c', TINY_CFG,
-                           '--model_dir', case.model_dir, '--output_dir', out, '--calib_dir', case.images_dir,
-                           '--calib_images', '3', '--cpu_threads', '1'] + list(args),
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
-    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 # the onnxruntime kernel each quantized op type must become (a QDQ group it could not fuse would run in float32
