@@ -58,15 +58,23 @@ def official_export(repo, config, weights, ours_dir, out):
     return out
 
 
+def _location(dirs, impl):
+    """(exported folder, ONNX file or None) of an implementation: 'ours', 'official', or 'int8' (our export's
+    folder with the INT8 file, which has no Paddle model of its own)."""
+    if impl == 'int8':
+        return dirs['ours'], os.path.join(dirs['int8'], 'model.onnx')
+    return dirs[impl], None
+
+
 def time_model(dirs, gflops, args, log=sys.stderr):
     """`args.rounds` rounds of every RUNS entry; returns (rounds, summary of the within-round ratios)."""
     rounds = []
     for index in range(args.rounds):
         row = {}
         for name, engine, impl in (RUNS if index % 2 == 0 else RUNS[::-1]):
-            model_file = os.path.join(dirs['int8'], 'model.onnx') if impl == 'int8' else None
-            result = run_worker(engine, dirs['official' if impl == 'official' else 'ours'], [3, 640, 640], 1,
-                                args.cpu_threads, args.warmup, args.runs, model_file=model_file)
+            model_dir, model_file = _location(dirs, impl)
+            result = run_worker(engine, model_dir, [3, 640, 640], 1, args.cpu_threads, args.warmup, args.runs,
+                                model_file=model_file)
             row[name] = summarize(result, gflops, 1)
         row['ratios'] = {
             'onednn_ours_over_official': row['onednn_ours']['latency_ms']['median']
@@ -112,10 +120,10 @@ def paired(dirs, args):
     for name, *sides in PAIRS:
         runs = []
         for engine, impl in sides:
-            model_dir = dirs['official' if impl == 'official' else 'ours']
+            model_dir, model_file = _location(dirs, impl)
             if engine == 'onnxruntime':
-                model_dir = dirs['int8'] if impl == 'int8' else model_dir
-                runs.append(_ort_runner(os.path.join(model_dir, 'model.onnx'), inputs, args.cpu_threads))
+                runs.append(_ort_runner(model_file or os.path.join(model_dir, 'model.onnx'), inputs,
+                                        args.cpu_threads))
             else:
                 runs.append(engine_runner(engine, model_dir, inputs, args.cpu_threads))
         for run in runs * 2:

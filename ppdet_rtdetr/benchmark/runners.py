@@ -60,14 +60,21 @@ def dygraph_runner(model, inputs):
     return run, stages
 
 
-def _official_onednn_runner(model_dir, inputs, cpu_threads):
-    """Paddle Inference with oneDNN and its `onednn_placement_pass` deleted: the official export's upsample
-    (nearest_interp) fails in the oneDNN executor otherwise (benchmarks/official.py)."""
+def _cpu_config(model_dir, cpu_threads, mkldnn):
+    """Paddle Inference CPU config of an exported folder, oneDNN on or off (Paddle 3 turns it on by default)."""
     from paddle import inference
     config = inference.Config(*load_deploy('python/preprocess.py', 'deploy_pre').find_model_files(model_dir))
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(cpu_threads)
-    config.enable_mkldnn()
+    config.enable_mkldnn() if mkldnn else config.disable_mkldnn()
+    return config
+
+
+def _official_onednn_runner(model_dir, inputs, cpu_threads):
+    """Paddle Inference with oneDNN and its `onednn_placement_pass` deleted: the official export's upsample
+    (nearest_interp) fails in the oneDNN executor otherwise (benchmarks/official.py)."""
+    from paddle import inference
+    config = _cpu_config(model_dir, cpu_threads, mkldnn=True)
     config.delete_pass('onednn_placement_pass')
     config.disable_glog_info()
     predictor = inference.create_predictor(config)
@@ -145,10 +152,7 @@ def _paddle_profile_ms(model_dir, inputs, cpu_threads, mkldnn, runs):
 
 def _profile_child(model_dir, inputs, cpu_threads, mkldnn, runs):
     from paddle import inference
-    config = inference.Config(*load_deploy('python/preprocess.py', 'deploy_pre').find_model_files(model_dir))
-    config.disable_gpu()
-    config.set_cpu_math_library_num_threads(cpu_threads)
-    config.enable_mkldnn() if mkldnn else config.disable_mkldnn()  # Paddle 3 turns oneDNN on by default
+    config = _cpu_config(model_dir, cpu_threads, mkldnn)
     config.enable_profile()
     predictor = inference.create_predictor(config)
     for name in predictor.get_input_names():
