@@ -1,7 +1,7 @@
 """Training-step time of RT-DETR R18vd (batch 2, 640x640, denoising 100) next to the official PaddleDetection.
 
     OMP_NUM_THREADS=1 python benchmarks/train_step.py [--official_repo DIR] [--rounds 3] [--steps 4]
-        [--cpu_threads 2] [--out benchmarks/train_step.json] [--note "..."]
+        [--cpu_threads 2] [--cpu_conv_grad onednn|paddle] [--out benchmarks/train_step.json] [--note "..."]
 
 A step is what ppdet's Trainer does per batch: forward with the loss dict, ``loss.backward()``, AdamW step with
 grad-norm clip 0.1, ``clear_grad()``. Both models get the same random weights (ours, seed 0; the parameter
@@ -17,7 +17,9 @@ rtdetr_transformer.py), imported by the official worker only (benchmarks/officia
 paddledet 2.6.0 there, ``imgaug`` stubbed, ``norm_type: bn`` instead of sync_bn). Without ``--official_repo``
 only our step is timed.
 
-Our worker also records the host-side share of a step: the time spent in the matcher, in building the
+Our model computes its convolution gradients as RTDETRTrainer does in CPU training: on oneDNN
+(``ppdet_rtdetr/engine/conv_grad.py``), or with ``--cpu_conv_grad paddle`` on Paddle's kernels, as the
+official model does. Our worker also records the host-side share of a step: the time spent in the matcher, in building the
 denoising group and in the criterion (forward only, wall time, including the ops they launch).
 """
 import argparse
@@ -130,6 +132,9 @@ def worker(args):
         raise SystemExit(f'{args.worker}: parameter names differ from ours: {sorted(missing)[:5]}')
     model.set_state_dict(state)
     model.train()
+    if args.worker == 'ours' and args.cpu_conv_grad == 'onednn':
+        from ppdet_rtdetr.engine.conv_grad import use_onednn_conv_grads
+        use_onednn_conv_grads(model)
     timer = _install_host_timers(model) if args.worker == 'ours' else None
     opt = paddle.optimizer.AdamW(learning_rate=1e-4, parameters=model.parameters(), weight_decay=1e-4,
                                  grad_clip=paddle.nn.ClipGradByGlobalNorm(0.1))
@@ -158,7 +163,8 @@ def _run_worker(kind, args, weights):
     env = dict(os.environ, OMP_NUM_THREADS=str(args.cpu_threads))
     env.pop('PYTHONPATH', None) if kind == 'official' else None
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', kind, '--weights', weights,
-           '--steps', str(args.steps), '--size', str(args.size), '--cpu_threads', str(args.cpu_threads)]
+           '--steps', str(args.steps), '--size', str(args.size), '--cpu_threads', str(args.cpu_threads),
+           '--cpu_conv_grad', args.cpu_conv_grad]
     if args.official_repo:
         cmd += ['--official_repo', args.official_repo]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
@@ -182,6 +188,8 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, default=4, help='timed steps per process (after 1 warm-up)')
     parser.add_argument('--size', type=int, default=640)
     parser.add_argument('--cpu_threads', type=int, default=2)
+    parser.add_argument('--cpu_conv_grad', default='onednn', choices=['onednn', 'paddle'],
+                        help="our model's convolution gradients (RTDETRTrainer's cpu_conv_grad)")
     parser.add_argument('--out', default=None)
     parser.add_argument('--note', default='')
     parser.add_argument('--worker', default=None, choices=['ours', 'official'], help=argparse.SUPPRESS)
@@ -213,6 +221,7 @@ def main(argv=None):
             print(json.dumps({'round': r, **brief}), file=sys.stderr)
     report = {'config': 'rtdetr_r18vd_6x_coco (norm bn)', 'batch': 2, 'size': args.size,
               'num_gts': list(NUM_GTS), 'num_denoising': 100, 'cpu_threads': args.cpu_threads,
+              'cpu_conv_grad': args.cpu_conv_grad,
               'steps_per_process': args.steps, 'load_avg': list(os.getloadavg()), 'note': args.note,
               'rounds': rounds}
     if args.official_repo:

@@ -13,15 +13,20 @@ pick the class; our tools construct ``RTDETRTrainer``. Whoever builds ppdet's ``
 * ``train`` runs with the non-finite-loss guard (``loss_guard``; ``stop_on_nonfinite_loss: false`` turns it
   off, ``nonfinite_loss_patience`` sets how many consecutive non-finite losses an ``--amp`` run skips);
 * with ``norm_type: sync_bn`` on several devices, norms that use global statistics (frozen: ``freeze_norm``)
-  stay frozen BatchNorms when ppdet converts the model to SyncBatchNorm.
+  stay frozen BatchNorms when ppdet converts the model to SyncBatchNorm;
+* training on CPU computes convolution gradients on oneDNN (``conv_grad``: forward and losses unchanged,
+  gradients equal up to float32 summation order); ``cpu_conv_grad: paddle`` keeps Paddle's kernels.
 """
 import paddle
 
 from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Checkpointer, ComposeCallback
+from ppdet.utils.logger import setup_logger
 
 from ..compat import BATCH_NORMS
-from . import checkpoint, loss_guard, pretrain
+from . import checkpoint, conv_grad, dnnl, loss_guard, pretrain
+
+logger = setup_logger(__name__)
 
 __all__ = ['RTDETRTrainer', 'convert_sync_batchnorm_keeping_frozen']
 
@@ -44,12 +49,28 @@ class RTDETRTrainer(Trainer):
     """ppdet's ``Trainer(cfg, mode)`` with the changes listed in the module docstring; same arguments.
 
     Raises:
-        ValueError: ``nonfinite_loss_patience`` is not an integer >= 1 (before the model and readers are built).
+        ValueError: ``nonfinite_loss_patience`` is not an integer >= 1, or ``cpu_conv_grad`` is not 'onednn' /
+            'paddle' (before the model and readers are built).
     """
 
     def __init__(self, cfg, mode='train'):
         loss_guard.check_patience(cfg.get('nonfinite_loss_patience', loss_guard.DEFAULT_PATIENCE))
+        conv_grad.check_choice(cfg.get(conv_grad.TRAINER_KEY, 'onednn'))
         super().__init__(cfg, mode)
+        if self.mode == 'train':
+            self._choose_conv_grads()
+
+    def _choose_conv_grads(self):
+        """oneDNN convolution gradients for CPU training, unless ``cpu_conv_grad: paddle``."""
+        if self.cfg.get(conv_grad.TRAINER_KEY, 'onednn') != 'onednn' or paddle.get_device() != 'cpu':
+            return
+        try:
+            count = conv_grad.use_onednn_conv_grads(self.model)
+        except dnnl.DnnlUnavailable as e:
+            logger.warning('convolution gradients stay on Paddle\'s CPU kernels: {}'.format(e))
+            return
+        logger.info('convolution gradients of {} layers on oneDNN ({}: paddle keeps Paddle\'s kernels)'.format(
+            count, conv_grad.TRAINER_KEY))
 
     def _init_callbacks(self):
         super()._init_callbacks()

@@ -1,0 +1,214 @@
+"""Convolution gradients on oneDNN for CPU training; the forward pass stays Paddle's.
+
+On CPU, Paddle's dygraph convolution is im2col + GEMM for the forward pass and for both gradients. On wide
+maps with few channels the im2col copies bound it: R18vd's stem convolutions at 320x320 run at 27-47
+GFLOP/s against a ~200 GFLOP/s GEMM, and convolution gradients are ~40% of a training step. oneDNN's direct
+convolution kernels compute the same gradients 2-4.7x faster there (``benchmarks/train_step.py``).
+
+``use_onednn_conv_grads(model)`` switches every eligible ``nn.Conv2D`` of a model to ``_ConvOneDNNGrad``:
+- forward: Paddle's own ``conv2d`` kernel and the same bias add as ``nn.Conv2D``, so outputs and losses are
+  bit-equal to the official model's;
+- backward: input and weight gradients from oneDNN (``dnnl.py``: the library inside the Paddle wheel),
+  equal to Paddle's up to float32 summation order (relative 1e-5 on weights; ``tests/engine/test_conv_grad.py``).
+Eligible: float32 NCHW, groups 1, explicit zero padding, a kernel larger than 1x1 (a 1x1 convolution is a
+GEMM without im2col in Paddle, and oneDNN was not faster there). Any other call (another dtype, a tensor not
+on CPU) runs the layer's own forward. RTDETRTrainer switches the model in CPU training unless
+``cpu_conv_grad: paddle`` (``TRAINER_KEY``).
+"""
+import types
+
+import paddle
+import paddle.nn.functional as F
+from paddle.autograd import PyLayer
+
+from . import dnnl
+
+__all__ = ['TRAINER_KEY', 'CHOICES', 'check_choice', 'eligible', 'use_onednn_conv_grads', 'ConvGradPrimitives']
+
+TRAINER_KEY = 'cpu_conv_grad'
+CHOICES = ('onednn', 'paddle')
+
+
+def check_choice(value):
+    """Refuses a ``cpu_conv_grad`` value other than 'onednn' / 'paddle', naming the key and the value."""
+    if value not in CHOICES:
+        raise ValueError("{}: {!r} is not one of {}".format(TRAINER_KEY, value, ', '.join(map(repr, CHOICES))))
+
+
+class _Workspace(object):
+    """Reused float32 buffers for the reordered operands, one per slot, grown to the largest size asked.
+
+    Kept across calls and geometries: a fresh 26 MB buffer per operand and call cost more page faults than the
+    reorder itself, and buffers cached per geometry would grow with every input size of multi-scale training.
+    """
+
+    def __init__(self):
+        self.slots = {}
+
+    def get(self, slot, numel):
+        buffer = self.slots.get(slot)
+        if buffer is None or buffer.shape[0] < numel:
+            buffer = self.slots[slot] = paddle.empty([numel], 'float32')
+        return buffer
+
+
+_WORKSPACE = _Workspace()
+
+
+class _Operand(object):
+    """One tensor argument of a primitive: the caller's plain tensor and, when the primitive chose another
+    layout, a reorder between the two through a workspace slot (one slot per operand of a call)."""
+
+    def __init__(self, lib, plain_desc, chosen_desc, into_primitive, slot):
+        self.lib, self.into, self.slot = lib, into_primitive, slot
+        self.user = dnnl.Memory(lib, plain_desc)
+        self.inner, self.reorder = self.user, None
+        if not self.user.same_layout(chosen_desc):
+            self.inner = dnnl.Memory(lib, chosen_desc)
+            self.reorder = (lib.reorder(plain_desc, chosen_desc) if into_primitive
+                            else lib.reorder(chosen_desc, plain_desc))
+
+    def stage(self, tensor):
+        """Binds `tensor`; for an input, queues its reorder. Returns what must stay alive until the wait."""
+        self.user.bind(tensor)
+        if self.reorder is None:
+            return [tensor]
+        buffer = self.inner.bind(_WORKSPACE.get(self.slot, self.inner.numel))
+        if self.into:
+            self.lib.execute(self.reorder, [(dnnl.ARG_SRC, self.user), (dnnl.ARG_DST, self.inner)])
+        return [tensor, buffer]
+
+    def unstage(self):
+        """For an output: queues the reorder back into the caller's tensor."""
+        if self.reorder is not None:
+            self.lib.execute(self.reorder, [(dnnl.ARG_SRC, self.inner), (dnnl.ARG_DST, self.user)])
+
+
+class ConvGradPrimitives(object):
+    """oneDNN backward-data and backward-weights primitives of one convolution geometry (groups 1, float32).
+
+    Args:
+        x_shape, w_shape, y_shape: [n, c, h, w], [o, c, kh, kw], [n, o, oh, ow].
+        stride, dilation: [sh, sw], [dh, dw] (Paddle's convention: 1 = no dilation).
+        padding: [top, bottom, left, right].
+    Call with (x, weight, dy, need_dx, need_dw) -> (dx or None, dw or None), new contiguous float32 tensors.
+    """
+
+    def __init__(self, x_shape, w_shape, y_shape, stride, padding, dilation, lib=None):
+        lib = lib or dnnl.library()
+        self.lib = lib
+        strides, dilates = dnnl.dims(stride), dnnl.dims([d - 1 for d in dilation])
+        pad_l, pad_r = dnnl.dims([padding[0], padding[2]]), dnnl.dims([padding[1], padding[3]])
+        any_x, any_w, any_y = lib.any_desc(x_shape), lib.any_desc(w_shape), lib.any_desc(y_shape)
+        # the backward descriptors take a forward one as a hint of the layouts
+        forward = lib.create('dnnl_convolution_forward_primitive_desc_create', lib.engine, dnnl.PROP_FORWARD_TRAINING,
+                             dnnl.CONVOLUTION_DIRECT, any_x, any_w, None, any_y, strides, dilates, pad_l, pad_r, None)
+        data = lib.create('dnnl_convolution_backward_data_primitive_desc_create', lib.engine,
+                          dnnl.CONVOLUTION_DIRECT, any_x, any_w, any_y, strides, dilates, pad_l, pad_r, forward, None)
+        weights = lib.create('dnnl_convolution_backward_weights_primitive_desc_create', lib.engine,
+                             dnnl.CONVOLUTION_DIRECT, any_x, any_w, None, any_y, strides, dilates, pad_l, pad_r,
+                             forward, None)
+        plain_x, plain_w, plain_y = lib.plain_desc(x_shape), lib.plain_desc(w_shape), lib.plain_desc(y_shape)
+        self.data, self.weights = lib.primitive(data), lib.primitive(weights)
+        self.data_dy = _Operand(lib, plain_y, lib.query(data, dnnl.ARG_DIFF_DST), True, 0)
+        self.data_w = _Operand(lib, plain_w, lib.query(data, dnnl.ARG_WEIGHTS), True, 1)
+        self.data_dx = _Operand(lib, plain_x, lib.query(data, dnnl.ARG_DIFF_SRC), False, 2)
+        self.weights_x = _Operand(lib, plain_x, lib.query(weights, dnnl.ARG_SRC), True, 3)
+        self.weights_dy = _Operand(lib, plain_y, lib.query(weights, dnnl.ARG_DIFF_DST), True, 4)
+        self.weights_dw = _Operand(lib, plain_w, lib.query(weights, dnnl.ARG_DIFF_WEIGHTS), False, 5)
+        # both primitives usually want dy in one layout: reorder it once
+        self.share_dy = (self.data_dy.reorder is not None and
+                         self.data_dy.inner.same_layout(self.weights_dy.inner.desc))
+        self.x_shape, self.w_shape = list(x_shape), list(w_shape)
+
+    def __call__(self, x, weight, dy, need_dx=True, need_dw=True):
+        alive, dx, dw = [], None, None
+        if need_dx:
+            dx = paddle.empty(self.x_shape, 'float32')
+            alive += self.data_dy.stage(dy) + self.data_w.stage(weight) + self.data_dx.stage(dx)
+            self.lib.execute(self.data, [(dnnl.ARG_DIFF_DST, self.data_dy.inner), (dnnl.ARG_WEIGHTS, self.data_w.inner),
+                                         (dnnl.ARG_DIFF_SRC, self.data_dx.inner)])
+            self.data_dx.unstage()
+        if need_dw:
+            dw = paddle.empty(self.w_shape, 'float32')
+            if need_dx and self.share_dy:
+                dy_inner = self.data_dy.inner
+            else:
+                alive += self.weights_dy.stage(dy)
+                dy_inner = self.weights_dy.inner
+            alive += self.weights_x.stage(x) + self.weights_dw.stage(dw)
+            self.lib.execute(self.weights, [(dnnl.ARG_SRC, self.weights_x.inner), (dnnl.ARG_DIFF_DST, dy_inner),
+                                            (dnnl.ARG_DIFF_WEIGHTS, self.weights_dw.inner)])
+            self.weights_dw.unstage()
+        self.lib.wait()
+        del alive
+        return dx, dw
+
+
+_PRIMITIVES = {}
+
+
+def _primitives(x_shape, w_shape, y_shape, stride, padding, dilation):
+    key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation))
+    if key not in _PRIMITIVES:
+        _PRIMITIVES[key] = ConvGradPrimitives(x_shape, w_shape, y_shape, stride, padding, dilation)
+    return _PRIMITIVES[key]
+
+
+class _ConvOneDNNGrad(PyLayer):
+    """conv2d without bias: Paddle's forward kernel, oneDNN's gradients."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        y = F.conv2d(x, weight, None, stride, padding, dilation, 1, 'NCHW')
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (list(y.shape), stride, _four_sided(padding), dilation)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensor()
+        y_shape, stride, padding, dilation = ctx.geometry
+        primitives = _primitives(x.shape, weight.shape, y_shape, stride, padding, dilation)
+        dy = dy if dy.is_contiguous() else dy.contiguous()
+        return primitives(x, weight, dy, not x.stop_gradient, not weight.stop_gradient)
+
+
+def _four_sided(padding):
+    """Paddle's explicit padding [ph, pw] or [top, bottom, left, right] -> [top, bottom, left, right]."""
+    padding = [int(p) for p in padding]
+    return [padding[0], padding[0], padding[1], padding[1]] if len(padding) == 2 else padding
+
+
+def eligible(layer):
+    """Whether `layer` is an nn.Conv2D whose gradients ``_ConvOneDNNGrad`` computes (module docstring)."""
+    if not isinstance(layer, paddle.nn.Conv2D):
+        return False
+    padding = layer._updated_padding
+    return (layer._groups == 1 and layer._data_format == 'NCHW' and layer._padding_mode == 'zeros'
+            and layer._padding_algorithm == 'EXPLICIT' and max(layer._kernel_size) > 1
+            and isinstance(padding, (list, tuple)) and len(padding) in (2, 4)
+            and all(isinstance(p, int) for p in padding))
+
+
+def _forward(self, x):
+    if x.dtype != paddle.float32 or self.weight.dtype != paddle.float32 or not x.place.is_cpu_place():
+        return type(self).forward(self, x)
+    y = _ConvOneDNNGrad.apply(x, self.weight, list(self._stride), list(self._updated_padding), list(self._dilation))
+    if self.bias is None:
+        return y
+    # as nn.Conv2D adds its bias (paddle.nn.functional.conv._conv_nd): bit-equal outputs
+    return y + self.bias.reshape([1, -1, 1, 1])
+
+
+def use_onednn_conv_grads(model):
+    """Switches every eligible nn.Conv2D in `model` to oneDNN gradients; returns how many.
+
+    Raises:
+        dnnl.DnnlUnavailable: Paddle's oneDNN library cannot be used (the model is left unchanged).
+    """
+    dnnl.library()
+    layers = [layer for layer in model.sublayers(include_self=True) if eligible(layer)]
+    for layer in layers:
+        layer.forward = types.MethodType(_forward, layer)
+    return len(layers)

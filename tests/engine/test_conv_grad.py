@@ -1,0 +1,125 @@
+"""oneDNN convolution gradients (ppdet_rtdetr/engine/conv_grad.py): gradients equal Paddle's own conv2d
+gradients up to float32 summation order, forward outputs bit-equal, only eligible layers switched, and
+RTDETRTrainer switches a CPU training model unless ``cpu_conv_grad: paddle``."""
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from helpers.data_cases import LogRecords, light_config, make_shapes
+
+from ppdet_rtdetr.engine import RTDETRTrainer, conv_grad
+
+
+def _paddle_grads(x, w, dy, stride, padding, dilation):
+    x, w = x.detach(), w.detach()
+    x.stop_gradient = w.stop_gradient = False
+    y = F.conv2d(x, w, None, stride, padding, dilation)
+    return paddle.grad([y], [x, w], [dy])
+
+
+@pytest.mark.parametrize('x_shape, w_shape, stride, padding, dilation', [
+    ([2, 8, 17, 23], [16, 8, 3, 3], [1, 1], [1, 1], [1, 1]),      # odd, non-square map
+    ([1, 6, 20, 20], [5, 6, 3, 3], [2, 2], [1, 1], [1, 1]),       # stride 2 (the backbone's downsampling)
+    ([3, 4, 15, 12], [7, 4, 5, 3], [1, 2], [2, 1], [1, 1]),       # non-square kernel and stride
+    ([2, 4, 16, 16], [4, 4, 3, 3], [1, 1], [0, 0], [2, 2]),       # dilation, no padding
+    ([1, 3, 19, 21], [8, 3, 7, 7], [2, 2], [1, 3, 2, 3], [1, 1]),  # four-sided padding, 7x7
+])
+def test_gradients_equal_paddles_conv2d_gradients(x_shape, w_shape, stride, padding, dilation):
+    rng = np.random.RandomState(0)
+    x = paddle.to_tensor(rng.randn(*x_shape).astype('float32'))
+    w = paddle.to_tensor(rng.randn(*w_shape).astype('float32'))
+    y = F.conv2d(x, w, None, stride, padding, dilation)
+    dy = paddle.to_tensor(rng.randn(*y.shape).astype('float32'))
+    primitives = conv_grad.ConvGradPrimitives(x_shape, w_shape, y.shape, stride, conv_grad._four_sided(padding),
+                                              dilation)
+    dx, dw = primitives(x, w, dy)
+    want_dx, want_dw = _paddle_grads(x, w, dy, stride, padding, dilation)
+    for name, got, want in (('dx', dx, want_dx), ('dw', dw, want_dw)):
+        got, want = got.numpy(), want.numpy()
+        assert got.shape == want.shape
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err < 2e-6, '{}: relative error {:.2e}'.format(name, err)
+    # a second call reuses the primitives and the workspace: same numbers
+    again_dx, again_dw = primitives(x, w, dy)
+    np.testing.assert_array_equal(again_dx.numpy(), dx.numpy())
+    np.testing.assert_array_equal(again_dw.numpy(), dw.numpy())
+    # only what is asked for
+    only_dw = primitives(x, w, dy, need_dx=False)
+    assert only_dw[0] is None
+    np.testing.assert_array_equal(only_dw[1].numpy(), dw.numpy())
+
+
+class _Net(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.stem = paddle.nn.Conv2D(3, 8, 3, stride=2, padding=1)             # bias, input without gradient
+        self.body = paddle.nn.Conv2D(8, 8, 3, padding=1, bias_attr=False)
+        self.point = paddle.nn.Conv2D(8, 8, 1)                                  # 1x1: stays Paddle's
+        self.depthwise = paddle.nn.Conv2D(8, 8, 3, padding=1, groups=8)         # groups: stays Paddle's
+        self.reflect = paddle.nn.Conv2D(8, 8, 3, padding=1, padding_mode='reflect')  # stays Paddle's
+        self.same = paddle.nn.Conv2D(8, 4, 3, padding='SAME')                   # stays Paddle's
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = F.relu(self.body(x)) + self.point(x)
+        return self.same(self.reflect(self.depthwise(x)))
+
+
+def _run(net, x):
+    out = net(x)
+    (out * out).sum().backward()
+    grads = {name: p.grad.numpy().copy() for name, p in net.named_parameters()}
+    net.clear_gradients()
+    return out.numpy(), grads
+
+
+def test_switched_model_keeps_forward_bits_and_gradients():
+    paddle.seed(3)
+    net = _Net()
+    x = paddle.to_tensor(np.random.RandomState(1).rand(2, 3, 21, 18).astype('float32'))
+    want_out, want_grads = _run(net, x)
+    assert conv_grad.use_onednn_conv_grads(net) == 2
+    switched = sorted(name for name, layer in net.named_sublayers() if 'forward' in vars(layer))
+    assert switched == ['body', 'stem']
+    got_out, got_grads = _run(net, x)
+    np.testing.assert_array_equal(got_out, want_out)
+    for name, want in want_grads.items():
+        err = np.abs(got_grads[name] - want).max() / np.abs(want).max()
+        assert err < 2e-6, '{}: relative error {:.2e}'.format(name, err)
+    # another dtype runs the layer's own forward
+    net.body.to(dtype='float64')
+    x64 = paddle.to_tensor(np.random.RandomState(2).rand(1, 8, 5, 5))
+    np.testing.assert_array_equal(net.body(x64).numpy(), F.conv2d(x64, net.body.weight, padding=1).numpy())
+
+
+def test_choice_is_checked_by_name():
+    conv_grad.check_choice('onednn')
+    conv_grad.check_choice('paddle')
+    with pytest.raises(ValueError) as error:
+        conv_grad.check_choice('mkldnn')
+    assert str(error.value) == "cpu_conv_grad: 'mkldnn' is not one of 'onednn', 'paddle'"
+
+
+@pytest.fixture(scope='module')
+def shapes4(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp('shapes4'), num_train=4, num_val=1)
+
+
+def _switched(model):
+    return sum('forward' in vars(layer) for layer in model.sublayers())
+
+
+def test_trainer_switches_cpu_training_unless_told_not_to(tmp_path, shapes4):
+    with LogRecords('ppdet_rtdetr.engine.trainer') as logs:
+        trainer = RTDETRTrainer(light_config(tmp_path / 'a', shapes4), mode='train')
+    expected = sum(conv_grad.eligible(layer) for layer in trainer.model.sublayers())
+    assert expected > 0 and _switched(trainer.model) == expected
+    assert ('INFO', "convolution gradients of {} layers on oneDNN (cpu_conv_grad: paddle keeps Paddle's "
+                    "kernels)".format(expected)) in logs.messages
+    kept = RTDETRTrainer(light_config(tmp_path / 'b', shapes4, cpu_conv_grad='paddle'), mode='train')
+    assert _switched(kept.model) == 0
+    evaluating = RTDETRTrainer(light_config(tmp_path / 'c', shapes4), mode='eval')
+    assert _switched(evaluating.model) == 0
+    with pytest.raises(ValueError, match="cpu_conv_grad: 'yes' is not one of"):
+        RTDETRTrainer(light_config(tmp_path / 'd', shapes4, cpu_conv_grad='yes'), mode='train')
