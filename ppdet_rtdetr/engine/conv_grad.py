@@ -12,8 +12,8 @@ convolution kernels compute the same gradients 2-4.7x faster there (``benchmarks
   equal to Paddle's up to float32 summation order (relative 1e-5 on weights; ``tests/engine/test_conv_grad.py``).
 Eligible: float32 NCHW, groups 1, explicit zero padding, a kernel larger than 1x1 (a 1x1 convolution is a
 GEMM without im2col in Paddle, and oneDNN was not faster there). Any other call (another dtype, a tensor not
-on CPU) runs the layer's own forward. RTDETRTrainer switches the model in CPU training unless
-``cpu_conv_grad: paddle`` (``TRAINER_KEY``).
+on CPU) runs the layer's own forward; a geometry oneDNN refuses gets Paddle's gradients, with one warning.
+RTDETRTrainer switches the model in CPU training unless ``cpu_conv_grad: paddle`` (``TRAINER_KEY``).
 """
 import types
 
@@ -21,7 +21,11 @@ import paddle
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
+from ppdet.utils.logger import setup_logger
+
 from . import dnnl
+
+logger = setup_logger(__name__)
 
 __all__ = ['TRAINER_KEY', 'CHOICES', 'check_choice', 'eligible', 'use_onednn_conv_grads', 'ConvGradPrimitives']
 
@@ -145,14 +149,32 @@ class ConvGradPrimitives(object):
         return dx, dw
 
 
+# geometry -> ConvGradPrimitives, or None where oneDNN refused it (Paddle's gradients then)
 _PRIMITIVES = {}
 
 
 def _primitives(x_shape, w_shape, y_shape, stride, padding, dilation):
     key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation))
     if key not in _PRIMITIVES:
-        _PRIMITIVES[key] = ConvGradPrimitives(x_shape, w_shape, y_shape, stride, padding, dilation)
+        try:
+            _PRIMITIVES[key] = ConvGradPrimitives(x_shape, w_shape, y_shape, stride, padding, dilation)
+        except dnnl.DnnlError as e:
+            logger.warning('convolution x {} weight {} stride {} padding {} dilation {}: {}; its gradients use '
+                           'Paddle\'s kernels'.format(list(x_shape), list(w_shape), list(stride), list(padding),
+                                                       list(dilation), e))
+            _PRIMITIVES[key] = None
     return _PRIMITIVES[key]
+
+
+def _paddle_grads(x, weight, dy, stride, padding, dilation):
+    """Paddle's own conv2d gradients (recomputing the forward), for a geometry oneDNN refused."""
+    x_, w_ = x.detach(), weight.detach()
+    x_.stop_gradient, w_.stop_gradient = x.stop_gradient, weight.stop_gradient
+    wanted = [t for t in (x_, w_) if not t.stop_gradient]
+    with paddle.set_grad_enabled(True):
+        y = F.conv2d(x_, w_, None, stride, padding, dilation, 1, 'NCHW')
+        grads = iter(paddle.grad([y], wanted, [dy]))
+    return tuple(None if t.stop_gradient else next(grads) for t in (x_, w_))
 
 
 class _ConvOneDNNGrad(PyLayer):
@@ -162,14 +184,16 @@ class _ConvOneDNNGrad(PyLayer):
     def forward(ctx, x, weight, stride, padding, dilation):
         y = F.conv2d(x, weight, None, stride, padding, dilation, 1, 'NCHW')
         ctx.save_for_backward(x, weight)
-        ctx.geometry = (list(y.shape), stride, _four_sided(padding), dilation)
+        ctx.geometry = (list(y.shape), stride, padding, dilation)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensor()
         y_shape, stride, padding, dilation = ctx.geometry
-        primitives = _primitives(x.shape, weight.shape, y_shape, stride, padding, dilation)
+        primitives = _primitives(x.shape, weight.shape, y_shape, stride, _four_sided(padding), dilation)
+        if primitives is None:
+            return _paddle_grads(x, weight, dy, stride, padding, dilation)
         dy = dy if dy.is_contiguous() else dy.contiguous()
         return primitives(x, weight, dy, not x.stop_gradient, not weight.stop_gradient)
 
@@ -184,9 +208,12 @@ def eligible(layer):
     """Whether `layer` is an nn.Conv2D whose gradients ``_ConvOneDNNGrad`` computes (module docstring)."""
     if not isinstance(layer, paddle.nn.Conv2D):
         return False
-    padding = layer._updated_padding
-    return (layer._groups == 1 and layer._data_format == 'NCHW' and layer._padding_mode == 'zeros'
-            and layer._padding_algorithm == 'EXPLICIT' and max(layer._kernel_size) > 1
+    # nn.Conv2D's attributes as Paddle 3.3 names them; a Paddle that names them otherwise keeps its own gradients
+    padding = getattr(layer, '_updated_padding', None)
+    return (getattr(layer, '_groups', None) == 1 and getattr(layer, '_data_format', None) == 'NCHW'
+            and getattr(layer, '_padding_mode', None) == 'zeros'
+            and getattr(layer, '_padding_algorithm', None) == 'EXPLICIT'
+            and max(getattr(layer, '_kernel_size', [1])) > 1
             and isinstance(padding, (list, tuple)) and len(padding) in (2, 4)
             and all(isinstance(p, int) for p in padding))
 

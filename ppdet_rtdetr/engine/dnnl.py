@@ -29,6 +29,9 @@ CONVOLUTION_DIRECT = 1       # dnnl_convolution_direct
 QUERY_EXEC_ARG_MD = 255      # dnnl_query_exec_arg_md
 ARG_SRC, ARG_DST, ARG_WEIGHTS = 1, 17, 33
 ARG_DIFF_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS = 129, 145, 161
+# dnnl_status_t
+_STATUS = {1: 'out_of_memory', 2: 'invalid_arguments', 3: 'unimplemented', 4: 'last_impl_reached',
+           5: 'runtime_error', 6: 'not_required'}
 _MAX_NDIMS = 12
 _Dims = ctypes.c_int64 * _MAX_NDIMS
 _VOID_P = ctypes.c_void_p
@@ -73,7 +76,7 @@ class Dnnl(object):
     def check(self, name, *args):
         status = getattr(self.lib, name)(*args)
         if status != 0:
-            raise DnnlError('oneDNN {} returned status {}'.format(name, status))
+            raise DnnlError('oneDNN {} returned {}'.format(name, _STATUS.get(status, 'status {}'.format(status))))
 
     def create(self, name, *args):
         """Calls ``name(&handle, *args)`` (a ``dnnl_*_create``) and returns the new handle."""

@@ -8,7 +8,7 @@ import pytest
 
 from helpers.data_cases import LogRecords, light_config, make_shapes
 
-from ppdet_rtdetr.engine import RTDETRTrainer, conv_grad
+from ppdet_rtdetr.engine import RTDETRTrainer, conv_grad, dnnl
 
 
 def _paddle_grads(x, w, dy, stride, padding, dilation):
@@ -91,6 +91,33 @@ def test_switched_model_keeps_forward_bits_and_gradients():
     net.body.to(dtype='float64')
     x64 = paddle.to_tensor(np.random.RandomState(2).rand(1, 8, 5, 5))
     np.testing.assert_array_equal(net.body(x64).numpy(), F.conv2d(x64, net.body.weight, padding=1).numpy())
+
+
+def test_a_geometry_onednn_refuses_gets_paddles_gradients(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise dnnl.DnnlError('oneDNN dnnl_convolution_forward_primitive_desc_create returned unimplemented')
+
+    monkeypatch.setattr(conv_grad, 'ConvGradPrimitives', refuse)
+    monkeypatch.setattr(conv_grad, '_PRIMITIVES', {})
+    paddle.seed(4)
+    layer = paddle.nn.Conv2D(3, 5, 3, stride=2, padding=[1, 0])
+    x = paddle.to_tensor(np.random.RandomState(5).rand(2, 3, 9, 11).astype('float32'))
+    x.stop_gradient = False
+    (layer(x) ** 2).sum().backward()
+    want = [x.grad.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy()]
+    x.clear_gradient()
+    layer.clear_gradients()
+    conv_grad.use_onednn_conv_grads(layer)
+    with LogRecords('ppdet_rtdetr.engine.conv_grad') as logs:
+        (layer(x) ** 2).sum().backward()
+        (layer(x) ** 2).sum().backward()  # the refusal is remembered: one warning
+    got = [x.grad.numpy() / 2, layer.weight.grad.numpy() / 2, layer.bias.grad.numpy() / 2]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    assert logs.messages == [('WARNING', "convolution x [2, 3, 9, 11] weight [5, 3, 3, 3] stride [2, 2] padding "
+                                         "[1, 1, 0, 0] dilation [1, 1]: oneDNN "
+                                         "dnnl_convolution_forward_primitive_desc_create returned unimplemented; "
+                                         "its gradients use Paddle's kernels")]
 
 
 def test_choice_is_checked_by_name():
