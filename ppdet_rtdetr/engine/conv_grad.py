@@ -3,7 +3,7 @@
 On CPU, Paddle's dygraph convolution is im2col + GEMM for the forward pass and for both gradients. On wide
 maps with few channels the im2col copies bound it: R18vd's stem convolutions at 320x320 run at 27-47
 GFLOP/s against a ~200 GFLOP/s GEMM, and convolution gradients are ~40% of a training step. oneDNN's direct
-convolution kernels compute the same gradients 2-4.7x faster there (``benchmarks/train_step.py``).
+convolution kernels compute the same gradients 1.3-4x faster on R18vd's 3x3 layers (``benchmarks/README.md``).
 
 ``use_onednn_conv_grads(model)`` switches every eligible ``nn.Conv2D`` of a model to ``_ConvOneDNNGrad``:
 - forward: Paddle's own ``conv2d`` kernel and the same bias add as ``nn.Conv2D``, so outputs and losses are
