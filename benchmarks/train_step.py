@@ -19,8 +19,8 @@ only our step is timed.
 
 Our model computes its convolution gradients as RTDETRTrainer does in CPU training: on oneDNN
 (``ppdet_rtdetr/engine/conv_grad.py``), or with ``--cpu_conv_grad paddle`` on Paddle's kernels, as the
-official model does. Our worker also records the host-side share of a step: the time spent in the matcher, in building the
-denoising group and in the criterion (forward only, wall time, including the ops they launch).
+official model does. Our worker also records the host-side share of a step: the time spent in the matcher,
+in building the denoising group and in the criterion (forward only, wall time, including the ops they launch).
 """
 import argparse
 import json

@@ -150,3 +150,15 @@ def test_trainer_switches_cpu_training_unless_told_not_to(tmp_path, shapes4):
     assert _switched(evaluating.model) == 0
     with pytest.raises(ValueError, match="cpu_conv_grad: 'yes' is not one of"):
         RTDETRTrainer(light_config(tmp_path / 'd', shapes4, cpu_conv_grad='yes'), mode='train')
+
+
+def test_trainer_without_onednn_trains_on_paddles_kernels(tmp_path, shapes4, monkeypatch):
+    def unavailable():
+        raise dnnl.DnnlUnavailable('no oneDNN library in this Paddle build (test)')
+
+    monkeypatch.setattr(dnnl, 'library', unavailable)
+    with LogRecords('ppdet_rtdetr.engine.trainer') as logs:
+        trainer = RTDETRTrainer(light_config(tmp_path / 'a', shapes4), mode='train')
+    assert _switched(trainer.model) == 0
+    assert ('WARNING', "convolution gradients stay on Paddle's CPU kernels: no oneDNN library in this Paddle "
+                       "build (test)") in logs.messages
