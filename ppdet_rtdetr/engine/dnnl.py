@@ -4,7 +4,8 @@ Paddle Inference runs convolutions on oneDNN, but Paddle's dygraph does not: ``F
 dygraph convolutions on Paddle's im2col + GEMM kernels. This module gives Python the few oneDNN calls a
 convolution gradient needs (``conv_grad.py``), with ctypes and no compiler: the wheel has the library but
 not the headers, so the handful of constants below are the oneDNN 3.x C API's values (stable within major
-version 3: Paddle 3.3.1 loads oneDNN 3.6).
+version 3: Paddle 3.3.1 loads oneDNN 3.6; ``tests/engine/test_conv_grad.py`` checks the results against Paddle's
+own gradients, which wrong values could not pass).
 
 Contract: ``library()`` returns the bound library or raises ``DnnlUnavailable`` (a Paddle build without
 oneDNN, another major version); every call that returns a non-zero ``dnnl_status_t`` raises ``DnnlError``
@@ -16,8 +17,8 @@ import os
 
 import paddle
 
-__all__ = ['DnnlError', 'DnnlUnavailable', 'library', 'Memory', 'F32', 'ARG_SRC', 'ARG_DST', 'ARG_WEIGHTS',
-           'ARG_DIFF_SRC', 'ARG_DIFF_DST', 'ARG_DIFF_WEIGHTS']
+__all__ = ['DnnlError', 'DnnlUnavailable', 'Dnnl', 'Memory', 'library', 'dims', 'F32', 'PROP_FORWARD_TRAINING',
+           'CONVOLUTION_DIRECT', 'ARG_SRC', 'ARG_DST', 'ARG_WEIGHTS', 'ARG_DIFF_SRC', 'ARG_DIFF_DST', 'ARG_DIFF_WEIGHTS']
 
 # oneDNN 3.x C API values (oneapi/dnnl/dnnl_types.h, dnnl_common_types.h)
 F32 = 3                      # dnnl_f32
