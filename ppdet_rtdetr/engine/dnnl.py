@@ -18,7 +18,8 @@ import os
 import paddle
 
 __all__ = ['DnnlError', 'DnnlUnavailable', 'Dnnl', 'Memory', 'library', 'dims', 'F32', 'PROP_FORWARD_TRAINING',
-           'CONVOLUTION_DIRECT', 'ARG_SRC', 'ARG_DST', 'ARG_WEIGHTS', 'ARG_DIFF_SRC', 'ARG_DIFF_DST', 'ARG_DIFF_WEIGHTS']
+           'CONVOLUTION_DIRECT', 'ARG_SRC', 'ARG_DST', 'ARG_WEIGHTS', 'ARG_DIFF_SRC', 'ARG_DIFF_DST',
+           'ARG_DIFF_WEIGHTS']
 
 # oneDNN 3.x C API values (oneapi/dnnl/dnnl_types.h, dnnl_common_types.h)
 F32 = 3                      # dnnl_f32
