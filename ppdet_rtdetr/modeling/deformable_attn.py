@@ -8,6 +8,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .layers import broadcast_multiply
+
 __all__ = ['MSDeformableAttention', 'ms_deform_attn_core']
 
 
@@ -52,7 +54,7 @@ def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_wei
     # [b, q, nh, sum(np)] -> [b, nh, sum(np), q] -> [b*nh, 1, sum(np), q]
     weights = attention_weights.transpose([0, 2, 3, 1]).reshape([b * nh, 1, -1, q])
     # [b*nh, hc, sum(np), q] -> [b*nh, hc, q]
-    out = (paddle.concat(sampled, axis=2) * weights).sum(2)
+    out = broadcast_multiply(paddle.concat(sampled, axis=2), weights).sum(2)
     # [b*nh, hc, q] -> [b, nh*hc, q] -> [b, q, nh*hc]
     return out.reshape([b, nh * hc, q]).transpose([0, 2, 1])
 

@@ -9,7 +9,23 @@ import paddle.nn.functional as F
 from paddle import ParamAttr
 from paddle.regularizer import L2Decay
 
-__all__ = ['get_activation', 'ConvBNAct', 'RepVggBlock', 'CSPRepLayer', 'MLP', 'MultiHeadAttention']
+__all__ = ['get_activation', 'broadcast_multiply', 'ConvBNAct', 'RepVggBlock', 'CSPRepLayer', 'MLP',
+           'MultiHeadAttention']
+
+
+def broadcast_multiply(x, factor):
+    """``x * factor`` for a `factor` of x's rank that broadcasts to x's shape.
+
+    In dygraph on CPU the factor is tiled to x's shape first: Paddle's CPU elementwise kernels broadcast a
+    leading or middle axis slowly (forward + backward: the encoder memory [2, 8400, 256] times its mask
+    [1, 8400, 1] 122 -> 44 ms; sampled points [16, 32, 12, 500] times their weights [16, 1, 12, 500]
+    58 -> 19 ms). Each product multiplies the same two floats, so the values are bit-equal, and so were the
+    gradients in those cases (tile's gradient sums the copies as the broadcast's does). Static graphs (export)
+    and other devices keep the broadcast, which their kernels fuse.
+    """
+    if paddle.in_dynamic_mode() and x.place.is_cpu_place():
+        factor = factor.tile([size // part for size, part in zip(x.shape, factor.shape)])
+    return x * factor
 
 
 class _ExplicitSilu(nn.Layer):
