@@ -29,6 +29,26 @@ def test_upsample_nearest_equals_interpolate(hw, size):
     np.testing.assert_allclose(grad_got.numpy(), grad_want.numpy(), rtol=1e-6, atol=1e-6)
 
 
+class _Upsample(paddle.nn.Layer):
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x):
+        return upsample_nearest(x, self.size)
+
+
+@pytest.mark.parametrize('hw, size', [((20, 20), (40, 40)), ((5, 3), (10, 9)), ((4, 4), (7, 8))])
+def test_traced_upsample_nearest_equals_interpolate(hw, size):
+    """The static graph's form (integer factors repeat in NHWC order, see _repeat_pixels) and the gathers."""
+    x = np.random.RandomState(2).rand(2, 3, *hw).astype('float32')
+    static = paddle.jit.to_static(_Upsample(size), full_graph=True,
+                                  input_spec=[paddle.static.InputSpec([None, 3, *hw], 'float32')])
+    got = static(paddle.to_tensor(x)).numpy()
+    want = F.interpolate(paddle.to_tensor(x), size=list(size), mode='nearest').numpy()
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize('image_shape', [[3, -1, -1], [3, -1, 640]])
 def test_dynamic_size_unsets_eval_size(image_shape):
     """-1 on an axis: the modules are built without baked anchors / position embeddings."""
