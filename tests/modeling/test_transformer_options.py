@@ -149,6 +149,27 @@ def test_query_selection_trains_a_step_and_evaluates(method):
     assert set(bbox[:, 0].astype(int)) <= {0, 1, 2, 3} and (np.diff(bbox[:20, 1]) <= 0).all()
 
 
+@pytest.mark.parametrize('method', ['default', 'one2many'])
+def test_inference_boxes_of_the_selected_tokens_equal_the_all_token_head(method):
+    """Eval runs the encoder box head on the n selected tokens only; training (and the official code) on all l
+    tokens before gathering. The selected boxes are bit-equal."""
+    paddle.seed(0)
+    t = RTDETRDeformableTransformer(num_classes=5, hidden_dim=64, num_queries=50, backbone_feat_channels=[64, 64],
+                                    feat_strides=[8, 16], num_levels=2, nhead=4, num_decoder_layers=1,
+                                    dim_feedforward=64, num_denoising=0, query_select_method=method)
+    t.eval()
+    shapes = [(20, 24), (10, 12)]
+    memory = paddle.to_tensor(np.random.default_rng(4).normal(size=(2, 600, 64)).astype('float32'))
+    with paddle.no_grad():
+        _, ref_unact, _, _ = t._get_decoder_input(memory, shapes)
+        anchors, valid = t._anchors(shapes, 'float32')
+        output_memory = t.enc_output(memory * valid.astype('float32'))
+        ind = t._select_topk(t.enc_score_head(output_memory)).numpy()
+        all_tokens = (t.enc_bbox_head(output_memory) + anchors).numpy()  # [b, l, 4]
+    want = np.stack([all_tokens[i, ind[i]] for i in range(2)])
+    np.testing.assert_array_equal(ref_unact.numpy(), want)
+
+
 def test_learnt_init_query_feeds_the_embedding_to_the_decoder():
     rng = np.random.default_rng(2)
     # [b, l, c] memory of one 2 x 3 level; two different images
