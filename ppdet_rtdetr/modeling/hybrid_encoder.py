@@ -153,7 +153,6 @@ class RTDETRHybridEncoder(nn.Layer):
         self.pe_temperature = pe_temperature
         self.eval_size = list(eval_size) if eval_size else None
         self._lateral_first = False  # set by convert_to_deploy
-        self._lateral_first = False  # set by convert_to_deploy
 
         self.input_proj = nn.LayerList([
             nn.Sequential(nn.Conv2D(c, hidden_dim, 1, bias_attr=False),
@@ -230,26 +229,6 @@ class RTDETRHybridEncoder(nn.Layer):
             down = self.downsample_convs[k](outs[-1])
             outs.append(self.pan_blocks[k](paddle.concat([down, inner[k + 1]], axis=1)))
         return outs
-
-    @paddle.no_grad()
-    def convert_to_deploy(self):
-        """Deploy form of the top-down fusion (the same function): each concat takes the lateral map first, and
-        the input channels of the fusion block's two 1x1 convs are swapped to match.
-
-        Why: Paddle Inference's oneDNN concat writes the layout of its first input. The lateral map comes out of a
-        convolution in oneDNN's blocked NHWC layout, the upsampled map out of copies in plain NCHW; with the
-        upsampled map first the concat wrote NCHW through oneDNN's reference kernel and both 1x1 convs reordered
-        it back (R18vd at 640: 2 x 2.3 ms for 512x80x80, plus 1.9 ms of concat). The parameters keep their names
-        and shapes; only their input-channel halves trade places, so call this on a model for export, not on one
-        whose state dict is saved as a checkpoint.
-        """
-        if self._lateral_first:
-            return
-        c = self.hidden_dim  # [upsampled | lateral] -> [lateral | upsampled]
-        for block in self.fpn_blocks:
-            for conv in (block.conv1.conv, block.conv2.conv):
-                conv.weight.set_value(paddle.concat([conv.weight[:, c:], conv.weight[:, :c]], axis=1))
-        self._lateral_first = True
 
     @paddle.no_grad()
     def convert_to_deploy(self):
