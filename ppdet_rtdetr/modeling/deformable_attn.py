@@ -131,22 +131,40 @@ class MSDeformableAttention(nn.Layer):
         nn.initializer.XavierUniform()(self.output_proj.weight)
         nn.initializer.Constant(0.)(self.output_proj.bias)
 
+    def _locations(self, query, reference_points):
+        """Sampling locations box_xy + offset * (offset_scale / np) * box_wh, one row per query: [b*q, ...] laid
+        out as nh*sum(np) (x, y) pairs.
+
+        Dygraph broadcasts the box over heads and points in 3-D ([b*q, nh*sum(np), 2]: Paddle Inference runs 5-D
+        broadcasts on slow reference kernels). A static graph (the export) tiles the box and the scales to the
+        flat [b*q, nh*sum(np)*2] instead: onnxruntime broadcasts a last axis of 2 slowly (0.6 ms per product or
+        sum at [300, 96, 2], three per decoder layer) and Paddle Inference + oneDNN 0.2 ms. The same products and
+        sums in the same order, so the same numbers.
+        """
+        b, q = query.shape[:2]
+        n = self.num_heads * sum(self.num_points_list)
+        # [sum(np)] -> [nh*sum(np)]: each point's 1/np, times offset_scale
+        scale = self.num_points_scale.astype(query.dtype).tile([self.num_heads]) * self.offset_scale
+        if paddle.in_dynamic_mode():
+            # [b, q, nh*sum(np)*2] -> [b*q, nh*sum(np), 2]; [b, q, 1, 4] -> [b*q, 1, 4], one box per query
+            offsets = self.sampling_offsets(query).reshape([b * q, n, 2])
+            ref = reference_points.reshape([b * q, 1, 4])
+            return ref[..., :2] + offsets * scale.unsqueeze(-1) * ref[..., 2:]
+        # [b, q, nh*sum(np)*2] -> [b*q, nh*sum(np)*2]; [b, q, 1, 4] -> [b*q, 4]; [nh*sum(np)] -> [nh*sum(np)*2]
+        offsets = self.sampling_offsets(query).reshape([b * q, n * 2])
+        ref = reference_points.reshape([b * q, 4])
+        scale = scale.unsqueeze(-1).tile([1, 2]).flatten()
+        return ref[:, :2].tile([1, n]) + offsets * scale * ref[:, 2:].tile([1, n])
+
     def forward(self, query, reference_points, value, spatial_shapes):
         b, q = query.shape[:2]
         total = sum(self.num_points_list)
         # [b, l, c] -> [b, l, nh, c/nh]
         value = self.value_proj(value).reshape([b, -1, self.num_heads, self.head_dim])
-        # [b, q, nh*sum(np)*2] -> [b*q, nh*sum(np), 2]: 3-D, because Paddle Inference runs 5-D broadcasts on
-        # slow reference kernels (~8x slower, with or without oneDNN)
-        offsets = self.sampling_offsets(query).reshape([b * q, self.num_heads * total, 2])
         weights = F.softmax(self.attention_weights(query).reshape([b, q, self.num_heads, total]), axis=-1)
         if reference_points.shape[-1] != 4:
             raise ValueError(f'reference_points must be boxes [b, q, 1, 4], got {reference_points.shape}')
-        # [b, q, 1, 4] -> [b*q, 1, 4]: one box per query, broadcast over heads and points
-        ref = reference_points.reshape([b * q, 1, 4])
-        # [sum(np)] -> [nh*sum(np), 1]: each point's 1/np, times offset_scale
-        scale = (self.num_points_scale.astype(query.dtype).tile([self.num_heads]) * self.offset_scale).unsqueeze(-1)
-        # [b*q, nh*sum(np), 2] -> [b, q, nh, sum(np), 2]
-        locs = (ref[..., :2] + offsets * scale * ref[..., 2:]).reshape([b, q, self.num_heads, total, 2])
+        # [b, q, nh*sum(np)*2] -> [b, q, nh, sum(np), 2]
+        locs = self._locations(query, reference_points).reshape([b, q, self.num_heads, total, 2])
         out = ms_deform_attn_core(value, spatial_shapes, locs, weights, self.num_points_list, self.method)
         return self.output_proj(out)

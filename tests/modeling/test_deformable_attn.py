@@ -138,3 +138,30 @@ def test_float32_output_is_bit_equal_to_the_official_summation():
     got = ms_deform_attn_core(args[0], shapes, args[1], args[2], points).numpy()
     want = _official_order(args[0], shapes, args[1], args[2], points).numpy()
     np.testing.assert_array_equal(got, want)
+
+
+class _Locations(paddle.nn.Layer):
+    def __init__(self, attn):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, query, reference_points):
+        return self.attn._locations(query, reference_points)
+
+
+def test_traced_sampling_locations_are_bit_equal_to_dygraph():
+    """The export's form (box and scales tiled to [b*q, nh*sum(np)*2]) computes the dygraph broadcasts' numbers."""
+    from ppdet_rtdetr.modeling.deformable_attn import MSDeformableAttention
+    paddle.seed(0)
+    attn = MSDeformableAttention(embed_dim=16, num_heads=2, num_levels=3, num_points=[3, 2, 1], offset_scale=0.7)
+    rng = np.random.default_rng(5)
+    with paddle.no_grad():
+        attn.sampling_offsets.weight.set_value(rng.normal(size=attn.sampling_offsets.weight.shape).astype('float32'))
+    query = paddle.to_tensor(rng.normal(size=(2, 5, 16)).astype('float32'))
+    ref = paddle.to_tensor(rng.uniform(0.05, 0.95, size=(2, 5, 1, 4)).astype('float32'))
+    want = attn._locations(query, ref).numpy().reshape(2 * 5, -1)  # [b*q, nh*sum(np), 2] -> [b*q, nh*sum(np)*2]
+    static = paddle.jit.to_static(_Locations(attn), full_graph=True, input_spec=[
+        paddle.static.InputSpec([None, 5, 16], 'float32'), paddle.static.InputSpec([None, 5, 1, 4], 'float32')])
+    got = static(query, ref).numpy()
+    assert got.shape == (10, 2 * 6 * 2)
+    np.testing.assert_array_equal(got, want)
