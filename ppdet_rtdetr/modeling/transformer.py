@@ -219,8 +219,8 @@ class RTDETRDeformableTransformer(nn.Layer):
             topk_ind = self._select_topk(enc_logits)  # [b, n]
             # anchors [1, l, 4] are every image's: rows [b*n, 4] by the flat index (take_along_axis does not
             # broadcast a batch of 1 in Paddle Inference)
-            anchors = paddle.gather(anchors[0], topk_ind.flatten()).reshape([-1, self.num_queries, 4])
-            ref_unact = self.enc_bbox_head(take(output_memory)) + anchors  # [b, n, 4]
+            selected_anchors = paddle.gather(anchors[0], topk_ind.flatten()).reshape([-1, self.num_queries, 4])
+            ref_unact = self.enc_bbox_head(take(output_memory)) + selected_anchors  # [b, n, 4]
         enc_topk_bboxes = F.sigmoid(ref_unact)
         enc_topk_logits = take(enc_logits)  # [b, n, k']
         if self.learnt_init_query:
