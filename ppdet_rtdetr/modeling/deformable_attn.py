@@ -132,28 +132,24 @@ class MSDeformableAttention(nn.Layer):
         nn.initializer.Constant(0.)(self.output_proj.bias)
 
     def _locations(self, query, reference_points):
-        """Sampling locations box_xy + offset * (offset_scale / np) * box_wh, one row per query: [b*q, ...] laid
-        out as nh*sum(np) (x, y) pairs.
+        """Sampling locations box_xy + offset * (offset_scale / np) * box_wh: [b*q, nh*sum(np)*2], each row one
+        query's nh*sum(np) (x, y) pairs.
 
-        Dygraph broadcasts the box over heads and points in 3-D ([b*q, nh*sum(np), 2]: Paddle Inference runs 5-D
-        broadcasts on slow reference kernels). A static graph (the export) tiles the box and the scales to the
-        flat [b*q, nh*sum(np)*2] instead: onnxruntime broadcasts a last axis of 2 slowly (0.6 ms per product or
-        sum at [300, 96, 2], three per decoder layer) and Paddle Inference + oneDNN 0.2 ms. The same products and
-        sums in the same order, so the same numbers.
+        The box and the scales are tiled to that flat shape rather than broadcast over heads and points:
+        onnxruntime broadcasts a last axis of 2 slowly (0.6 ms per product or sum at [300, 96, 2], three per
+        decoder layer) and Paddle Inference runs 5-D broadcasts on reference kernels. Each location is the same
+        products and sum in the same order as the official broadcast form, so the same float32 numbers, in
+        dygraph and in the export alike.
         """
         b, q = query.shape[:2]
         n = self.num_heads * sum(self.num_points_list)
-        # [sum(np)] -> [nh*sum(np)]: each point's 1/np, times offset_scale
+        # [sum(np)] -> [nh*sum(np)] -> [nh*sum(np), 2] -> [nh*sum(np)*2]: each point's 1/np times offset_scale,
+        # once for x and once for y
         scale = self.num_points_scale.astype(query.dtype).tile([self.num_heads]) * self.offset_scale
-        if paddle.in_dynamic_mode():
-            # [b, q, nh*sum(np)*2] -> [b*q, nh*sum(np), 2]; [b, q, 1, 4] -> [b*q, 1, 4], one box per query
-            offsets = self.sampling_offsets(query).reshape([b * q, n, 2])
-            ref = reference_points.reshape([b * q, 1, 4])
-            return ref[..., :2] + offsets * scale.unsqueeze(-1) * ref[..., 2:]
-        # [b, q, nh*sum(np)*2] -> [b*q, nh*sum(np)*2]; [b, q, 1, 4] -> [b*q, 4]; [nh*sum(np)] -> [nh*sum(np)*2]
+        scale = scale.unsqueeze(-1).tile([1, 2]).flatten()
+        # [b, q, nh*sum(np)*2] -> [b*q, nh*sum(np)*2]; [b, q, 1, 4] -> [b*q, 4], one box per query
         offsets = self.sampling_offsets(query).reshape([b * q, n * 2])
         ref = reference_points.reshape([b * q, 4])
-        scale = scale.unsqueeze(-1).tile([1, 2]).flatten()
         return ref[:, :2].tile([1, n]) + offsets * scale * ref[:, 2:].tile([1, n])
 
     def forward(self, query, reference_points, value, spatial_shapes):

@@ -149,19 +149,24 @@ class _Locations(paddle.nn.Layer):
         return self.attn._locations(query, reference_points)
 
 
-def test_traced_sampling_locations_are_bit_equal_to_dygraph():
-    """The export's form (box and scales tiled to [b*q, nh*sum(np)*2]) computes the dygraph broadcasts' numbers."""
+def test_sampling_locations_are_bit_equal_to_the_broadcast_formula():
+    """The tiled form (box and scales tiled to [b*q, nh*sum(np)*2]), eager and traced for export, computes the
+    numbers of the official broadcast xy + offset * (offset_scale / np) * wh, in float32."""
     from ppdet_rtdetr.modeling.deformable_attn import MSDeformableAttention
     paddle.seed(0)
-    attn = MSDeformableAttention(embed_dim=16, num_heads=2, num_levels=3, num_points=[3, 2, 1], offset_scale=0.7)
+    points, nh, scale = [3, 2, 1], 2, 0.7
+    attn = MSDeformableAttention(embed_dim=16, num_heads=nh, num_levels=3, num_points=points, offset_scale=scale)
     rng = np.random.default_rng(5)
     with paddle.no_grad():
         attn.sampling_offsets.weight.set_value(rng.normal(size=attn.sampling_offsets.weight.shape).astype('float32'))
     query = paddle.to_tensor(rng.normal(size=(2, 5, 16)).astype('float32'))
     ref = paddle.to_tensor(rng.uniform(0.05, 0.95, size=(2, 5, 1, 4)).astype('float32'))
-    want = attn._locations(query, ref).numpy().reshape(2 * 5, -1)  # [b*q, nh*sum(np), 2] -> [b*q, nh*sum(np)*2]
+    # [b, q, nh*sum(np)*2] -> [b*q, nh*sum(np), 2]; [b, q, 1, 4] -> [b*q, 1, 4]
+    offsets = attn.sampling_offsets(query).numpy().reshape(10, nh * 6, 2)
+    box = ref.numpy().reshape(10, 1, 4)
+    per_point = np.tile(np.array([1 / n for n in points for _ in range(n)], 'float32'), nh) * np.float32(scale)
+    want = (box[..., :2] + offsets * per_point[:, None] * box[..., 2:]).reshape(10, -1)
+    np.testing.assert_array_equal(attn._locations(query, ref).numpy(), want)
     static = paddle.jit.to_static(_Locations(attn), full_graph=True, input_spec=[
         paddle.static.InputSpec([None, 5, 16], 'float32'), paddle.static.InputSpec([None, 5, 1, 4], 'float32')])
-    got = static(query, ref).numpy()
-    assert got.shape == (10, 2 * 6 * 2)
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(static(query, ref).numpy(), want)
