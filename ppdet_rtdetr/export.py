@@ -15,8 +15,13 @@ The exported contract (what `deploy/` reads):
   has `use_dynamic_shape: true`, Preprocess resizing to the config's test size (the deploy scripts take another
   at run time), `size_divisor` (the largest feature stride: run sizes should be multiples of it) and
   `trt_shape_range` {min, opt, max: [H, W]}, the input sizes Paddle-TensorRT builds its engine for.
+- `export.cpu_fused_attention: True` (config or `-o`): the decoder's deformable-attention sampling is one
+  compiled CPU operator (`ppdet_rtdetr.ops`, the same numbers), for Paddle Inference on CPU only (no ONNX,
+  GPU or TensorRT). The folder then holds the operator's library and infer_cfg.yml names it in
+  `custom_op_library`; the deploy scripts register it before they create a predictor.
 """
 import os
+import shutil
 from collections import OrderedDict
 
 import paddle
@@ -27,12 +32,14 @@ from ppdet.core.workspace import create, merge_config
 from ppdet.data.source.category import get_categories
 from ppdet.utils.logger import setup_logger
 
+from . import ops
 from .engine.checkpoint import load_model_weights
+from .modeling.deformable_attn import MSDeformableAttention
 
 logger = setup_logger(__name__)
 
 __all__ = ['resolve_export_size', 'trt_shape_range', 'build_export_model', 'build_infer_cfg', 'write_infer_cfg',
-           'export_inference_model', 'export_onnx']
+           'export_inference_model', 'export_onnx', 'check_portable']
 
 # ppdet's TRT_MIN_SUBGRAPH entry for DETR-like architectures (ppdet/engine/export_utils.py)
 ARCH, MIN_SUBGRAPH_SIZE = 'DETR', 3
@@ -104,6 +111,25 @@ def _exclude_post_process(cfg):
     return bool(cfg.get('exclude_post_process', False)) or not (cfg.get('export') or {}).get('post_process', True)
 
 
+def _cpu_fused_attention(cfg):
+    value = (cfg.get('export') or {}).get('cpu_fused_attention', False)
+    if not isinstance(value, bool):
+        raise ValueError(f'export.cpu_fused_attention must be True or False, got {value!r}')
+    return value
+
+
+def check_portable(cpu_fused, where):
+    """ValueError when `cpu_fused` (an export made with export.cpu_fused_attention) is asked for ONNX."""
+    if cpu_fused:
+        raise ValueError(f"{where} uses ppdet_rtdetr's compiled CPU operator (export.cpu_fused_attention), which "
+                         'ONNX has no form of: export without that option for ONNX, onnxruntime, FastDeploy or '
+                         'TensorRT')
+
+
+def _uses_cpu_ops(model):
+    return any(getattr(layer, 'cpu_fused', False) for layer in model.sublayers())
+
+
 def build_export_model(cfg, weights=None):
     """Create the architecture of `cfg`, load `weights`, switch to eval and fuse RepVGG blocks.
 
@@ -113,7 +139,9 @@ def build_export_model(cfg, weights=None):
             (a pickle that is not only data is refused); None or '' keeps the random initialisation (logged as
             a warning).
     Returns:
-        the architecture (nn.Layer) in eval mode, every `convert_to_deploy()` applied.
+        the architecture (nn.Layer) in eval mode, every `convert_to_deploy()` applied, and with
+        `export.cpu_fused_attention` every deformable attention on the compiled CPU operator (built here:
+        RuntimeError if it cannot be; ValueError for the 'discrete' sampler).
     """
     if _exclude_post_process(cfg):
         merge_config({'exclude_post_process': True})
@@ -126,6 +154,11 @@ def build_export_model(cfg, weights=None):
     for layer in model.sublayers():
         if hasattr(layer, 'convert_to_deploy'):
             layer.convert_to_deploy()
+    if _cpu_fused_attention(cfg):
+        for layer in model.sublayers():
+            if isinstance(layer, MSDeformableAttention):
+                layer.fuse_cpu_sampling()
+        ops.load_cpu_ops()
     return model
 
 
@@ -201,6 +234,8 @@ def build_infer_cfg(cfg, model, size=None, trt_min_size=None, trt_max_size=None)
         ('num_top_queries', model.post_process.num_top_queries),
         ('use_focal_loss', model.post_process.use_focal_loss),
     ])
+    if _uses_cpu_ops(model):
+        infer_cfg['custom_op_library'] = ops.LIBRARY_NAME + '.so'
     if dynamic:
         divisor = max(model.transformer.feat_strides)
         opt = next(op['target_size'] for op in preprocess if op['type'] == 'Resize')
@@ -251,6 +286,8 @@ def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, t
     # full_graph: Paddle 3's default (SOT) traces guarded fragments, which jit.save cannot write as one program
     static_model = paddle.jit.to_static(_ExportModel(model, raw), input_spec=input_spec, full_graph=True)
     paddle.jit.save(static_model, os.path.join(save_dir, 'model'))
+    if 'custom_op_library' in infer_cfg:
+        shutil.copyfile(ops.library_file(), os.path.join(save_dir, infer_cfg['custom_op_library']))
     write_infer_cfg(infer_cfg, os.path.join(save_dir, 'infer_cfg.yml'))
     hw = 'x'.join(str(s) if s > 0 else 'any' for s in size)
     logger.info(f"Exported {cfg.architecture} for {hw} inputs (dynamic batch, "
@@ -265,10 +302,15 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
     warning: paddle2onnx would otherwise abort the process. Its default optimizer (polygraphy) pip-installs
     packages at run time (it upgraded numpy to 2.x here), so optimisation is off.
     Returns the path of the written file (model_dir/model.onnx by default); raises RuntimeError when
-    paddle2onnx writes nothing (it logs the error and carries on).
+    paddle2onnx writes nothing (it logs the error and carries on), ValueError (`check_portable`) for an export
+    made with export.cpu_fused_attention.
     """
     import onnx
     import paddle2onnx
+    infer_cfg_file = os.path.join(model_dir, 'infer_cfg.yml')
+    if os.path.isfile(infer_cfg_file):
+        with open(infer_cfg_file) as f:
+            check_portable('custom_op_library' in (yaml.safe_load(f) or {}), infer_cfg_file)
     model_file = os.path.join(model_dir, 'model.json')
     if not os.path.exists(model_file):
         model_file = os.path.join(model_dir, 'model.pdmodel')

@@ -13,6 +13,9 @@ W exports a graph that computes them from the input, so one export runs at any s
 --target_size); --trt_min_size / --trt_max_size bound its TensorRT engine (default: half / twice the config's
 test size). The batch is always dynamic.
 RepVGG blocks are always fused; `trt=True` writes TensorRT-friendly activations.
+`-o export.cpu_fused_attention=True`: for Paddle Inference on CPU only, the deformable-attention sampling as
+one compiled operator (built on first use with a C++ compiler; ~15% faster R18vd under oneDNN, same numbers);
+the folder carries its library (ppdet_rtdetr/export.py).
 """
 import os
 
@@ -21,7 +24,8 @@ from ppdet_rtdetr.cli import ToolArgsParser, apply_overrides
 from ppdet_rtdetr.compat import resolve_device
 from ppdet_rtdetr.config import load_config
 from ppdet_rtdetr.engine import safe_load
-from ppdet_rtdetr.export import build_export_model, export_inference_model, export_onnx, resolve_export_size
+from ppdet_rtdetr.export import (build_export_model, check_portable, export_inference_model, export_onnx,
+                                 resolve_export_size)
 
 
 def parse_args(argv=None):
@@ -47,6 +51,8 @@ def main(argv=None):
     # export traces on the CPU whatever the config says; the exported model runs on any device
     cfg['use_gpu'] = False
     resolve_device(cfg)
+    if args.onnx:  # refused before anything is written
+        check_portable(bool((cfg.get('export') or {}).get('cpu_fused_attention')), '--onnx: this config')
     size = resolve_export_size(cfg, args.image_shape)
     model = build_export_model(cfg, cfg.get('weights'))
     name = os.path.splitext(os.path.basename(args.config))[0]

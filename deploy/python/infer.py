@@ -5,7 +5,8 @@
         [--device CPU --cpu_threads 4 --enable_mkldnn | --device GPU --run_mode paddle|trt_fp32|trt_fp16]
         [--target_size 480 640] [--keep_ratio]   (a dynamic-size export: tools/export_model.py --image_shape 3 -1 -1)
 
-Needs only paddlepaddle, numpy, OpenCV and PyYAML (not ppdet). Writes the drawn images (or video) and
+Needs only paddlepaddle, numpy, OpenCV and PyYAML (not ppdet). An export made with export.cpu_fused_attention
+runs on CPU only; its folder's operator library is registered here. Writes the drawn images (or video) and
 results.json (per image: class_id, label, score, bbox [x1, y1, x2, y2] in original pixels) to --output_dir.
 """
 import argparse
@@ -14,7 +15,7 @@ import paddle
 from paddle import inference
 
 from detector import Detector, add_io_args, run
-from preprocess import find_model_files
+from preprocess import find_model_files, register_custom_ops
 
 __all__ = ['PaddleDetector']
 
@@ -44,6 +45,7 @@ class PaddleDetector(Detector):
             raise ValueError('--device GPU needs a CUDA build of Paddle (paddlepaddle-gpu); this one is CPU-only')
         if run_mode != 'paddle' and device != 'GPU':
             raise ValueError(f'--run_mode {run_mode} runs Paddle-TensorRT, which needs --device GPU')
+        register_custom_ops(model_dir, device)
         config = inference.Config(*find_model_files(model_dir))
         if device == 'GPU':
             config.enable_use_gpu(200, 0)

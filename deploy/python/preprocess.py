@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import yaml
 
-__all__ = ['load_infer_cfg', 'find_model_files', 'decode_image', 'Preprocessor', 'check_input_size',
-           'run_size_ops']
+__all__ = ['load_infer_cfg', 'find_model_files', 'register_custom_ops', 'decode_image', 'Preprocessor',
+           'check_input_size', 'run_size_ops']
 
 
 def load_infer_cfg(model_dir):
@@ -29,6 +29,25 @@ def find_model_files(model_dir):
         if os.path.isfile(os.path.join(model_dir, name)):
             return os.path.join(model_dir, name), os.path.join(model_dir, 'model.pdiparams')
     raise FileNotFoundError(f'neither model.json nor model.pdmodel in {model_dir}')
+
+
+def register_custom_ops(model_dir, device='CPU'):
+    """Register the operator library an exported folder carries (infer_cfg.yml `custom_op_library`: an export
+    made with export.cpu_fused_attention) in this process; call before creating its predictor. Other exports:
+    nothing to do. ValueError for a device other than CPU (the operator runs on the CPU only),
+    FileNotFoundError naming a missing library."""
+    library = load_infer_cfg(model_dir).get('custom_op_library')
+    if not library:
+        return
+    if device.upper() != 'CPU':
+        raise ValueError(f'{model_dir} was exported with export.cpu_fused_attention: its operator {library} runs '
+                         f'on the CPU only, not on {device}; export without the option for GPU / TensorRT')
+    path = os.path.join(model_dir, library)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} not found: {model_dir}/infer_cfg.yml names it in custom_op_library (the '
+                                'export writes it next to the model)')
+    from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
+    load_op_meta_info_and_register_op(path)
 
 
 def decode_image(path):

@@ -63,7 +63,9 @@ def dygraph_runner(model, inputs):
 def _cpu_config(model_dir, cpu_threads, mkldnn):
     """Paddle Inference CPU config of an exported folder, oneDNN on or off (Paddle 3 turns it on by default)."""
     from paddle import inference
-    config = inference.Config(*load_deploy('python/preprocess.py', 'deploy_pre').find_model_files(model_dir))
+    deploy = load_deploy('python/preprocess.py', 'deploy_pre')
+    deploy.register_custom_ops(model_dir)
+    config = inference.Config(*deploy.find_model_files(model_dir))
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(cpu_threads)
     config.enable_mkldnn() if mkldnn else config.disable_mkldnn()

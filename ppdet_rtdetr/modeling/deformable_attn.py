@@ -8,6 +8,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..ops import ms_deform_attn_cpu
 from .layers import broadcast_multiply
 
 __all__ = ['MSDeformableAttention', 'ms_deform_attn_core']
@@ -84,6 +85,8 @@ class MSDeformableAttention(nn.Layer):
         points_scale_in_state_dict (bool): keep `num_points_scale` (the 1/np of each point) in the state dict, as
             RT-DETRv2 checkpoints do; v1 checkpoints do not have it.
 
+    `fuse_cpu_sampling()` switches the sampling to the compiled CPU operator (for a CPU export).
+
     forward(query [b, q, c], reference_points [b, q, 1, 4] normalised cxcywh, value [b, l, c],
     spatial_shapes list of (h, w)) -> [b, q, c].
     """
@@ -99,6 +102,7 @@ class MSDeformableAttention(nn.Layer):
         self.embed_dim, self.num_heads, self.num_levels = embed_dim, num_heads, num_levels
         self.num_points_list = points
         self.method, self.offset_scale = method, offset_scale
+        self.cpu_fused = False
         self.head_dim = embed_dim // num_heads
         total = num_heads * sum(points)
         self.sampling_offsets = nn.Linear(embed_dim, total * 2,
@@ -131,6 +135,18 @@ class MSDeformableAttention(nn.Layer):
         nn.initializer.XavierUniform()(self.output_proj.weight)
         nn.initializer.Constant(0.)(self.output_proj.bias)
 
+    def fuse_cpu_sampling(self):
+        """Sample with `ppdet_rtdetr.ops.ms_deform_attn_cpu` from now on: the same numbers as the default
+        sampler, one CPU operator, no gradient (an export's, see `export.cpu_fused_attention`).
+
+        Raises:
+            ValueError: the 'discrete' sampler, which has no compiled form.
+        """
+        if self.method != 'default':
+            raise ValueError(f"export.cpu_fused_attention: the CPU operator is the default (bilinear) sampler; "
+                             f"this model's cross_attn_method is '{self.method}'")
+        self.cpu_fused = True
+
     def _locations(self, query, reference_points):
         """Sampling locations box_xy + offset * (offset_scale / np) * box_wh: [b*q, nh*sum(np)*2], each row one
         query's nh*sum(np) (x, y) pairs.
@@ -162,5 +178,8 @@ class MSDeformableAttention(nn.Layer):
             raise ValueError(f'reference_points must be boxes [b, q, 1, 4], got {reference_points.shape}')
         # [b, q, nh*sum(np)*2] -> [b, q, nh, sum(np), 2]
         locs = self._locations(query, reference_points).reshape([b, q, self.num_heads, total, 2])
-        out = ms_deform_attn_core(value, spatial_shapes, locs, weights, self.num_points_list, self.method)
+        if self.cpu_fused:
+            out = ms_deform_attn_cpu(value, spatial_shapes, locs, weights, self.num_points_list)
+        else:
+            out = ms_deform_attn_core(value, spatial_shapes, locs, weights, self.num_points_list, self.method)
         return self.output_proj(out)

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers.export_utils import (CASES, DYNAMIC_CASES, IMAGE_SIZES, RAW_CASES, ExportCase,  # noqa: F401
-                                  assert_same_detections, ort_infer, paddle_infer)  # fixtures
+from helpers.export_utils import (CASES, CPU_FUSED_CASES, DYNAMIC_CASES, IMAGE_SIZES, ONNX_CASES, RAW_CASES,  # noqa: F401
+                                  ExportCase, assert_same_detections, ort_infer, paddle_infer)  # fixtures
 
 PPDET_INFER_CFG_KEYS = ['mode', 'draw_threshold', 'metric', 'use_dynamic_shape', 'arch', 'min_subgraph_size',
                         'Preprocess', 'label_list']
-EXPORT_SIZES = {'default': [64, 96], 'discrete_raw': [96, 64], 'dynamic': [-1, -1], 'dynamic_v2_raw': [-1, -1]}
+EXPORT_SIZES = {'default': [64, 96], 'discrete_raw': [96, 64], 'dynamic': [-1, -1], 'dynamic_v2_raw': [-1, -1],
+                'dynamic_cpu_fused': [-1, -1]}
 # a dynamic export resizes to TestReader's size by default; TensorRT range: half / twice it, in multiples of 32
 DEFAULT_RUN_SIZE = [64, 96]
 TRT_RANGE = {'min': [32, 64], 'opt': [64, 96], 'max': [128, 192]}
@@ -48,6 +49,9 @@ def test_infer_cfg_has_ppdet_fields_and_export_size(name):
     assert cfg['exclude_post_process'] == (name in RAW_CASES)
     assert cfg.get('trt_shape_range') == (TRT_RANGE if dynamic else None)
     assert cfg.get('size_divisor') == (32 if dynamic else None)
+    library = 'ppdet_rtdetr_cpu_ops.so' if name in CPU_FUSED_CASES else None
+    assert cfg.get('custom_op_library') == library
+    assert os.path.isfile(os.path.join(case.model_dir, 'ppdet_rtdetr_cpu_ops.so')) == bool(library)
 
 
 def test_boxes_land_on_each_original_image(default_case, paddle_infer):
@@ -78,7 +82,7 @@ def _results_by_image(output_dir):
 def test_cli_reproduces_dygraph_detections(engine, tmp_path, request):
     """deploy/*/infer.py --image_dir (batches of 2: one full, one partial) writes the dygraph detections."""
     module = request.getfixturevalue('paddle_infer' if engine == 'paddle' else 'ort_infer')
-    for name in CASES:
+    for name in CASES if engine == 'paddle' else ONNX_CASES:
         case = ExportCase(name)
         if engine == 'onnxruntime' and not os.path.isfile(os.path.join(case.model_dir, 'model.onnx')):
             pytest.skip('paddle2onnx is not installed: no model.onnx')
@@ -126,7 +130,7 @@ def test_dynamic_export_runs_at_the_target_size(engine, tmp_path, request):
     """--target_size 96 64 (transposed) and 128 160 on one dynamic export: the detections of dygraph models
     built for those sizes, in batches of 2 images of different original sizes."""
     module = request.getfixturevalue('paddle_infer' if engine == 'paddle' else 'ort_infer')
-    for name in DYNAMIC_CASES:
+    for name in DYNAMIC_CASES if engine == 'paddle' else [n for n in DYNAMIC_CASES if n in ONNX_CASES]:
         case = ExportCase(name)
         if engine == 'onnxruntime' and not os.path.isfile(os.path.join(case.model_dir, 'model.onnx')):
             pytest.skip('paddle2onnx is not installed: no model.onnx')

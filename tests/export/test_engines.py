@@ -13,8 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from helpers.export_utils import (CASES, DYNAMIC_CASES, RAW_CASES, ExportCase, assert_same_detections,  # noqa: F401
-                                  ort_infer, paddle_infer)
+from helpers.export_utils import (CASES, DYNAMIC_CASES, ONNX_CASES, RAW_CASES, ExportCase,  # noqa: F401
+                                  assert_same_detections, ort_infer, paddle_infer)
 
 BATCHES = [1, 3]
 DYNAMIC_BATCH = 2
@@ -22,6 +22,11 @@ DYNAMIC_BATCH = 2
 
 @pytest.fixture(scope='module', params=list(CASES))
 def case(request):
+    return ExportCase(request.param)
+
+
+@pytest.fixture(scope='module', params=list(ONNX_CASES))
+def onnx_case(request):
     return ExportCase(request.param)
 
 
@@ -57,7 +62,8 @@ def test_paddle_inference_matches_dygraph(case, paddle_infer, mkldnn):
         _check(detector, case, batch, size, 'paddle-mkldnn' if mkldnn else 'paddle')
 
 
-def test_onnxruntime_matches_dygraph(case, ort_infer):
+def test_onnxruntime_matches_dygraph(onnx_case, ort_infer):
+    case = onnx_case
     if not os.path.isfile(os.path.join(case.model_dir, 'model.onnx')):
         pytest.skip('paddle2onnx is not installed (pip install paddle2onnx==2.1.0): no model.onnx')
     detector = ort_infer.OrtDetector(case.model_dir)
@@ -65,7 +71,8 @@ def test_onnxruntime_matches_dygraph(case, ort_infer):
         _check(detector, case, batch, size, 'onnxruntime')
 
 
-def test_onnx_file_is_opset16_and_sampler_ops(case):
+def test_onnx_file_is_opset16_and_sampler_ops(onnx_case):
+    case = onnx_case
     onnx = pytest.importorskip('onnx', reason='onnx is not installed (comes with paddle2onnx)')
     path = os.path.join(case.model_dir, 'model.onnx')
     if not os.path.isfile(path):

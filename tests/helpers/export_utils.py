@@ -6,8 +6,10 @@ Cases (each exported in its own process by export_case.py, with the same seeded 
   (--image_shape 3 96 64), with exclude_post_process (raw outputs, top-k in the deploy scripts);
 - `dynamic`: as `default` with distinct queries (selection and decoder), exported for any size
   (--image_shape 3 -1 -1), checked at 64x96, 96x64 and 128x160;
-- `dynamic_v2_raw`: RT-DETRv2 (per-level points [4, 2, 2]), discrete sampler, trt=True, raw outputs, any size.
-Four cases cover every option on every engine, fixed and dynamic; each export costs ~20 s of CPU.
+- `dynamic_v2_raw`: RT-DETRv2 (per-level points [4, 2, 2]), discrete sampler, trt=True, raw outputs, any size;
+- `dynamic_cpu_fused`: per-level points [4, 2, 2] with the default sampler on the compiled CPU operator
+  (export.cpu_fused_attention), any size: Paddle Inference only (its ONNX conversion is refused).
+Five cases cover every option on every engine, fixed and dynamic; each export costs ~20 s of CPU.
 
 Not a conftest.py: a second `conftest` module would replace tests/conftest.py in sys.modules for every test
 module collected after it (`from conftest import ...`). The exports are cached at module level instead, so
@@ -38,9 +40,13 @@ CASES = {
     'dynamic_v2_raw': ['--image_shape', '3', '-1', '-1', '-o', 'RTDETRDeformableTransformer.cross_attn_method=discrete',
                        'RTDETRDeformableTransformer.num_decoder_points=[4,2,2]', 'trt=True',
                        'exclude_post_process=True'],
+    'dynamic_cpu_fused': ['--image_shape', '3', '-1', '-1', '-o', 'export.cpu_fused_attention=True',
+                          'RTDETRDeformableTransformer.num_decoder_points=[4,2,2]'],
 }
 RAW_CASES = ('discrete_raw', 'dynamic_v2_raw')
-DYNAMIC_CASES = ('dynamic', 'dynamic_v2_raw')
+DYNAMIC_CASES = ('dynamic', 'dynamic_v2_raw', 'dynamic_cpu_fused')
+CPU_FUSED_CASES = ('dynamic_cpu_fused',)
+ONNX_CASES = tuple(name for name in CASES if name not in CPU_FUSED_CASES)
 IMAGE_SIZES = {'a_wide': (120, 200), 'b_small': (64, 96), 'c_tall': (300, 150)}  # (h, w) of the test images
 _EXPORT_ROOT = []
 
