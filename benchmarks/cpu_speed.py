@@ -6,18 +6,20 @@
 For each model (640x640, batch 1, `--cpu_threads`, the name-hashed weights of tests/reference, which load into
 both implementations: the parameter names are the official ones):
 1. our fixed-size export (Paddle + ONNX) and its INT8 ONNX (tools/quantize.py's path, every group quantized,
-   calibrated on the two golden COCO images), and the official export of the same weights
+   calibrated on the two golden COCO images), our CPU export of the same weights (export.cpu_fused_attention:
+   the sampling as one compiled operator, for Paddle Inference on CPU) and the official export
    (benchmarks/official.py); all kept in work_dir between runs;
 2. `--rounds` rounds; in each, every engine x implementation runs in its own worker process between two
-   float32 GEMM probes (probe.gemm_gflops): Paddle Inference + oneDNN (ours; the official with its placement
-   pass deleted, the only way it runs there), onnxruntime (ours, official, ours INT8); the order is reversed
-   every other round.
+   float32 GEMM probes (probe.gemm_gflops): Paddle Inference + oneDNN (ours, ours CPU; the official with its
+   placement pass deleted, the only way it runs there), onnxruntime (ours, official, ours INT8); the order is
+   reversed every other round.
 Ratios are taken within a round (the VM's speed drifts between rounds) and summarised by their median.
 With `--pairs N`, each comparison (ours / official on oneDNN and on onnxruntime, INT8 / float32) is also
 timed in one process, the two models alternating run by run, N pairs (`paired`): between processes this
 VM's speed varies more than some of the differences measured.
 Then benchmarks/train_step.py: the R18vd training step (batch 2, denoising 100), ours against the official.
-`targets` compares the medians with the issue's targets (the per-process rounds).
+`targets` compares the medians with the issue's targets (the per-process rounds); the oneDNN fraction's is
+taken on the CPU export, the one made for that engine.
 """
 import argparse
 import os
@@ -38,7 +40,8 @@ from ppdet_rtdetr.benchmark.probe import machine  # noqa: E402
 
 MODELS = {'r18vd': 'rtdetr_r18vd_6x_coco.yml', 'r50vd': 'rtdetr_r50vd_6x_coco.yml'}
 # (name, engine, implementation); 'int8' is our INT8 file in onnxruntime
-RUNS = (('onednn_ours', 'paddle_mkldnn', 'ours'), ('onednn_official', 'paddle_mkldnn_official', 'official'),
+RUNS = (('onednn_ours', 'paddle_mkldnn', 'ours'), ('onednn_ours_cpu', 'paddle_mkldnn', 'ours_cpu'),
+        ('onednn_official', 'paddle_mkldnn_official', 'official'),
         ('ort_ours', 'onnxruntime', 'ours'), ('ort_official', 'onnxruntime', 'official'),
         ('ort_int8', 'onnxruntime', 'int8'))
 TARGETS = {'int8_speedup': ('>=', 2.0), 'onednn_fraction_of_gemm_r18vd': ('>=', 0.85),
@@ -55,6 +58,17 @@ def official_export(repo, config, weights, ours_dir, out):
                        check=True, env=env)
         shutil.copyfile(os.path.join(ours_dir, 'infer_cfg.yml'), os.path.join(out, 'infer_cfg.yml'))
         export_onnx(out)
+    return out
+
+
+def cpu_export(config, weights, work_dir):
+    """tools/export_model.py with export.cpu_fused_attention of the unfused `weights` (what `build` exported
+    from) at 640x640 into work_dir/cpu (kept between runs); returns the folder."""
+    out = os.path.join(work_dir, 'cpu', os.path.splitext(os.path.basename(config))[0])
+    if not os.path.isfile(os.path.join(out, 'infer_cfg.yml')):
+        subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'export_model.py'), '-c', config,
+                        '--image_shape', '3', '640', '640', '--output_dir', os.path.join(work_dir, 'cpu'),
+                        '-o', f'weights={weights}', 'export.cpu_fused_attention=True'], check=True, cwd=ROOT)
     return out
 
 
@@ -79,6 +93,8 @@ def time_model(dirs, gflops, args, log=sys.stderr):
         row['ratios'] = {
             'onednn_ours_over_official': row['onednn_ours']['latency_ms']['median']
             / row['onednn_official']['latency_ms']['median'],
+            'onednn_ours_cpu_over_official': row['onednn_ours_cpu']['latency_ms']['median']
+            / row['onednn_official']['latency_ms']['median'],
             'ort_ours_over_official': row['ort_ours']['latency_ms']['median']
             / row['ort_official']['latency_ms']['median'],
             'int8_speedup': row['ort_ours']['latency_ms']['median'] / row['ort_int8']['latency_ms']['median']}
@@ -94,6 +110,8 @@ def time_model(dirs, gflops, args, log=sys.stderr):
 
 # (name, (engine, implementation) timed, (engine, implementation) it is divided by)
 PAIRS = (('onednn_ours_over_official', ('paddle_mkldnn', 'ours'), ('paddle_mkldnn_official', 'official')),
+         ('onednn_ours_cpu_over_official', ('paddle_mkldnn', 'ours_cpu'), ('paddle_mkldnn_official', 'official')),
+         ('onednn_ours_cpu_over_ours', ('paddle_mkldnn', 'ours_cpu'), ('paddle_mkldnn', 'ours')),
          ('ort_ours_over_official', ('onnxruntime', 'ours'), ('onnxruntime', 'official')),
          ('ort_int8_over_fp32', ('onnxruntime', 'int8'), ('onnxruntime', 'ours')))
 
@@ -149,7 +167,7 @@ def targets(summaries, train):
     """{target: {value, target, met}} from the per-model summaries and the training-step report."""
     values = {'int8_speedup': min(s['int8_speedup']['median'] for s in summaries.values()),
               'onednn_fraction_of_gemm_r18vd': summaries.get('r18vd', {}).get(
-                  'fraction_of_gemm_onednn_ours', {}).get('median'),
+                  'fraction_of_gemm_onednn_ours_cpu', {}).get('median'),
               'ort_ours_over_official_r50vd': summaries.get('r50vd', {}).get(
                   'ort_ours_over_official', {}).get('median'),
               'train_step_ours_over_official': (train or {}).get('ratio', {}).get('median')}
@@ -188,7 +206,8 @@ def main(argv=None):
         facts, ours, int8 = build(config, work, int8_name='int8', fp32_groups=[], cpu_threads=args.cpu_threads)
         official = official_export(repo, MODELS[key], os.path.join(work, 'hashinit.pdparams'), ours,
                                    os.path.join(work, 'official'))
-        dirs = {'ours': ours, 'official': official, 'int8': int8}
+        dirs = {'ours': ours, 'official': official, 'int8': int8,
+                'ours_cpu': cpu_export(config, os.path.join(work, 'weights.pdparams'), work)}
         report['models'][key] = {'facts': facts}
         if args.rounds:
             rounds, summaries[key] = time_model(dirs, facts['gflops_per_image'], args)
