@@ -18,7 +18,8 @@ The exported contract (what `deploy/` reads):
 - `export.cpu_fused_attention: True` (config or `-o`): the decoder's deformable-attention sampling is one
   compiled CPU operator (`ppdet_rtdetr.ops`, the same numbers), for Paddle Inference on CPU only (no ONNX,
   GPU or TensorRT). The folder then holds the operator's library and infer_cfg.yml names it in
-  `custom_op_library`; the deploy scripts register it before they create a predictor.
+  `custom_op_library` and its operators in `custom_ops`; the deploy scripts register it before they create a
+  predictor.
 """
 import os
 import shutil
@@ -143,6 +144,7 @@ def build_export_model(cfg, weights=None):
         `export.cpu_fused_attention` every deformable attention on the compiled CPU operator (built here:
         RuntimeError if it cannot be; ValueError for the 'discrete' sampler).
     """
+    cpu_fused = _cpu_fused_attention(cfg)  # a wrong value refused before anything is built
     if _exclude_post_process(cfg):
         merge_config({'exclude_post_process': True})
     model = create(cfg.architecture)
@@ -154,7 +156,7 @@ def build_export_model(cfg, weights=None):
     for layer in model.sublayers():
         if hasattr(layer, 'convert_to_deploy'):
             layer.convert_to_deploy()
-    if _cpu_fused_attention(cfg):
+    if cpu_fused:
         for layer in model.sublayers():
             if isinstance(layer, MSDeformableAttention):
                 layer.fuse_cpu_sampling()
@@ -236,6 +238,7 @@ def build_infer_cfg(cfg, model, size=None, trt_min_size=None, trt_max_size=None)
     ])
     if _uses_cpu_ops(model):
         infer_cfg['custom_op_library'] = ops.LIBRARY_NAME + '.so'
+        infer_cfg['custom_ops'] = [ops.OP_NAME]  # what the deploy scripts check before registering the library
     if dynamic:
         divisor = max(model.transformer.feat_strides)
         opt = next(op['target_size'] for op in preprocess if op['type'] == 'Resize')
@@ -287,7 +290,7 @@ def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, t
     static_model = paddle.jit.to_static(_ExportModel(model, raw), input_spec=input_spec, full_graph=True)
     paddle.jit.save(static_model, os.path.join(save_dir, 'model'))
     if 'custom_op_library' in infer_cfg:
-        shutil.copyfile(ops.library_file(), os.path.join(save_dir, infer_cfg['custom_op_library']))
+        shutil.copyfile(ops.load_cpu_ops(), os.path.join(save_dir, infer_cfg['custom_op_library']))
     write_infer_cfg(infer_cfg, os.path.join(save_dir, 'infer_cfg.yml'))
     hw = 'x'.join(str(s) if s > 0 else 'any' for s in size)
     logger.info(f"Exported {cfg.architecture} for {hw} inputs (dynamic batch, "

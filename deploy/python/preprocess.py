@@ -34,9 +34,11 @@ def find_model_files(model_dir):
 def register_custom_ops(model_dir, device='CPU'):
     """Register the operator library an exported folder carries (infer_cfg.yml `custom_op_library`: an export
     made with export.cpu_fused_attention) in this process; call before creating its predictor. Other exports:
-    nothing to do. ValueError for a device other than CPU (the operator runs on the CPU only),
-    FileNotFoundError naming a missing library."""
-    library = load_infer_cfg(model_dir).get('custom_op_library')
+    nothing to do. Operators already registered (`custom_ops`, e.g. by another folder's copy of the library)
+    are not registered again: Paddle aborts the process on a second copy. ValueError for a device other than
+    CPU (the operator runs on the CPU only), FileNotFoundError naming a missing library."""
+    infer_cfg = load_infer_cfg(model_dir)
+    library = infer_cfg.get('custom_op_library')
     if not library:
         return
     if device.upper() != 'CPU':
@@ -46,8 +48,10 @@ def register_custom_ops(model_dir, device='CPU'):
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} not found: {model_dir}/infer_cfg.yml names it in custom_op_library (the '
                                 'export writes it next to the model)')
-    from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
-    load_op_meta_info_and_register_op(path)
+    import paddle
+    ops = infer_cfg.get('custom_ops') or []
+    if not ops or not set(ops) <= set(paddle.base.core.get_all_op_names()):
+        paddle.utils.cpp_extension.load_op_meta_info_and_register_op(path)
 
 
 def decode_image(path):

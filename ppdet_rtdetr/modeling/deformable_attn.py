@@ -179,6 +179,9 @@ class MSDeformableAttention(nn.Layer):
         # [b, q, nh*sum(np)*2] -> [b, q, nh, sum(np), 2]
         locs = self._locations(query, reference_points).reshape([b, q, self.num_heads, total, 2])
         if self.cpu_fused:
+            if self.training:
+                raise RuntimeError('MSDeformableAttention: the compiled CPU sampling has no gradient; it is for '
+                                   'inference (call eval())')
             out = ms_deform_attn_cpu(value, spatial_shapes, locs, weights, self.num_points_list)
         else:
             out = ms_deform_attn_core(value, spatial_shapes, locs, weights, self.num_points_list, self.method)

@@ -8,62 +8,71 @@ compiler, ~15 s once; cached in Paddle's extension folder, `PADDLE_EXTENSION_DIR
 whose deploy scripts register it before they create a predictor.
 """
 import os
-import warnings
+import subprocess
+import sys
 
 import paddle
 
-__all__ = ['LIBRARY_NAME', 'OP_NAME', 'load_cpu_ops', 'library_file', 'ms_deform_attn_cpu']
+__all__ = ['LIBRARY_NAME', 'OP_NAME', 'load_cpu_ops', 'register_library', 'ms_deform_attn_cpu']
 
 LIBRARY_NAME = 'ppdet_rtdetr_cpu_ops'
 OP_NAME = 'ppdet_rtdetr_ms_deform_attn'
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ms_deform_attn_cpu.cc')
 # -ffp-contract=off: no fused multiply-adds, so each product and sum rounds as in Paddle's kernels
 _CFLAGS = ['-O3', '-ffp-contract=off']
-_module = None
+# Paddle's `load` builds and registers at once; the child process only builds (see register_library)
+_BUILD = ('import sys, warnings; warnings.simplefilter("ignore"); from paddle.utils.cpp_extension import load; '
+          'load(name=sys.argv[1], sources=[sys.argv[2]], extra_cxx_cflags=sys.argv[3:])')
+_library = None
 
 
-def _build_dir():
-    from paddle.utils.cpp_extension import get_build_directory
-    return os.path.join(get_build_directory(), LIBRARY_NAME)
+def register_library(path):
+    """Register the operators of the library file `path` in this process, unless they already are.
+
+    Paddle aborts the process when a second copy of the same operators registers (each exported folder carries
+    its own copy of the library, and the build folder has one), so only the first copy a process meets is
+    loaded; every copy holds the same code.
+    """
+    from paddle.base import core
+    if OP_NAME not in core.get_all_op_names():
+        paddle.utils.cpp_extension.load_op_meta_info_and_register_op(path)
 
 
 def _lock(f):
     try:
         import fcntl
-    except ImportError:  # Windows: no build lock (one process builds at a time there in practice)
+    except ImportError:  # Windows: no build lock
         return
     fcntl.flock(f, fcntl.LOCK_EX)
 
 
 @paddle.jit.not_to_static  # called while tracing an export: plain Python (its `global` defeats the converter)
 def load_cpu_ops():
-    """Build (if its source changed) and register the operators in this process; return their Python module.
+    """Build the operator library if its source changed (in a child process; ~15 s, cached in Paddle's
+    extension folder), register it in this process, and return the library file's path.
 
     Raises:
-        RuntimeError: the build failed (no C++ compiler, or Paddle's headers missing), naming the source.
+        RuntimeError: the build failed (no C++ compiler, or Paddle's headers missing), with the compiler's
+            last output.
     """
-    global _module
-    if _module is None:
-        from paddle.utils.cpp_extension import load
-        os.makedirs(_build_dir(), exist_ok=True)
-        # one build at a time: processes started together (benchmark workers) would write the same files
-        with open(os.path.join(_build_dir(), '.lock'), 'w') as lock, warnings.catch_warnings():
+    global _library
+    if _library is None:
+        from paddle.utils.cpp_extension import get_build_directory
+        path = os.path.join(get_build_directory(), LIBRARY_NAME, LIBRARY_NAME + '.so')
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # one build at a time: processes started together (parallel exports) would write the same files
+        with open(os.path.join(os.path.dirname(path), '.lock'), 'w') as lock:
             _lock(lock)
-            warnings.simplefilter('ignore')  # "No ccache found"
-            try:
-                _module = load(name=LIBRARY_NAME, sources=[_SOURCE], extra_cxx_cflags=_CFLAGS)
-            except Exception as e:  # Paddle raises RuntimeError / CalledProcessError / OSError by stage
-                raise RuntimeError(
-                    f'export.cpu_fused_attention needs ppdet_rtdetr\'s CPU operator, built from {_SOURCE} with '
-                    f'a C++ compiler (g++) and Paddle\'s headers; the build failed: {e}. Export without the '
-                    'option (the portable graph) or install a compiler.') from e
-    return _module
-
-
-def library_file():
-    """Path of the built shared library (`load_cpu_ops` first), which an export copies next to its model."""
-    load_cpu_ops()
-    return os.path.join(_build_dir(), LIBRARY_NAME + '.so')
+            proc = subprocess.run([sys.executable, '-c', _BUILD, LIBRARY_NAME, _SOURCE] + _CFLAGS,
+                                  capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.isfile(path):
+            raise RuntimeError(
+                f"export.cpu_fused_attention needs ppdet_rtdetr's CPU operator, built from {_SOURCE} with a C++ "
+                "compiler (g++) and Paddle's headers; the build failed. Export without the option (the "
+                f"portable graph) or install a compiler. Build output:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        register_library(path)
+        _library = path
+    return _library
 
 
 def _shapes_tensor(spatial_shapes):
@@ -77,7 +86,9 @@ def _shapes_tensor(spatial_shapes):
 
 def ms_deform_attn_cpu(value, spatial_shapes, sampling_locations, attention_weights, num_points_list):
     """`ms_deform_attn_core(..., method='default')` (same arguments, bit-equal output [b, q, nh * c/nh]) as one
-    CPU operator, float32 only. It has no gradient: for inference and export."""
-    op = getattr(load_cpu_ops(), OP_NAME)
-    return op(value, sampling_locations, attention_weights, _shapes_tensor(spatial_shapes),
-              [int(n) for n in num_points_list])
+    CPU operator, float32 only. It has no gradient: for inference and export (dygraph, or a Paddle 3 PIR trace).
+    """
+    load_cpu_ops()
+    # what the Python API Paddle generates for a custom operator calls in dygraph and PIR programs; one output
+    return paddle._C_ops._run_custom_op(OP_NAME, value, sampling_locations, attention_weights,
+                                        _shapes_tensor(spatial_shapes), [int(n) for n in num_points_list])[0]

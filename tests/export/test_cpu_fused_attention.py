@@ -8,6 +8,7 @@ ppdet_rtdetr) registers the library from the folder.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -68,18 +69,39 @@ def test_discrete_sampler_is_refused():
         layer.fuse_cpu_sampling()
 
 
-def test_failed_build_names_the_option_and_the_source(monkeypatch):
-    import paddle.utils.cpp_extension as cpp_extension
-
-    def no_compiler(**kwargs):
-        raise RuntimeError('c++: command not found')
-
-    monkeypatch.setattr(ops, '_module', None)
-    monkeypatch.setattr(cpp_extension, 'load', no_compiler)
-    with pytest.raises(RuntimeError, match=r"^export.cpu_fused_attention needs ppdet_rtdetr's CPU operator, built "
-                                           r"from .*ms_deform_attn_cpu.cc with a C\+\+ compiler \(g\+\+\) and "
-                                           r"Paddle's headers; the build failed: c\+\+: command not found\."):
+def test_failed_build_names_the_option_and_shows_the_compiler(monkeypatch, tmp_path):
+    """A source that does not compile (a stand-in for a machine without a compiler), built in its own folder."""
+    broken = tmp_path / 'broken.cc'
+    broken.write_text('#include "paddle/extension.h"\nthis is not C++;\n')
+    monkeypatch.setenv('PADDLE_EXTENSION_DIR', str(tmp_path / 'build'))
+    monkeypatch.setattr(ops, '_SOURCE', str(broken))
+    monkeypatch.setattr(ops, 'LIBRARY_NAME', 'ppdet_rtdetr_broken')
+    monkeypatch.setattr(ops, '_library', None)
+    with pytest.raises(RuntimeError, match=r"(?s)^export.cpu_fused_attention needs ppdet_rtdetr's CPU operator, built "
+                                           rf"from {broken} with a C\+\+ compiler \(g\+\+\) and Paddle's headers; the "
+                                           r"build failed\. .*Build output:\n.*broken.cc.*error"):
         ops.load_cpu_ops()
+
+
+def test_a_second_copy_of_the_library_is_not_registered(tmp_path):
+    """Paddle aborts the process when the same operators register twice: two folders' copies of the library
+    and the build's own, in one process, in both orders."""
+    case = ExportCase(FUSED_CASE)
+    copy = str(tmp_path / 'copy')
+    shutil.copytree(case.model_dir, copy)
+    first_folders = ("register_custom_ops(%r); register_custom_ops(%r); ops.load_cpu_ops()" % (case.model_dir, copy))
+    first_build = ("ops.load_cpu_ops(); register_custom_ops(%r); register_custom_ops(%r)" % (case.model_dir, copy))
+    for order in (first_folders, first_build):
+        code = ("import sys; sys.path.insert(0, %r); from preprocess import register_custom_ops\n"
+                "from ppdet_rtdetr import ops\n%s\n"
+                "import paddle; v = paddle.ones([1, 4, 2, 2]); p = paddle.full([1, 1, 2, 1, 2], 0.5)\n"
+                "print(ops.ms_deform_attn_cpu(v, [(2, 2)], p, paddle.ones([1, 1, 2, 1]), [1]).numpy().tolist())\n"
+                % (os.path.join(ROOT, 'deploy', 'python'), order))
+        proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        # the centre of a 2x2 map of ones, for each of 2 heads x 2 channels
+        assert proc.stdout.strip().splitlines()[-1] == '[[[1.0, 1.0, 1.0, 1.0]]]'
 
 
 def test_onnx_is_refused():
@@ -141,3 +163,24 @@ def test_deploy_only_process_registers_the_library(tmp_path):
             name = os.path.splitext(os.path.basename(r['image']))[0]
             det = np.array([[d['class_id'], d['score']] + d['bbox'] for d in r['detections']], 'float32')
             assert_same_detections(det, case.ref[f'file_{name}'], what=f'deploy-only {name}')
+
+
+def test_option_value_and_training_are_refused():
+    from conftest import fresh_config
+    from ppdet_rtdetr.export import build_export_model
+    cfg = fresh_config(TINY_CFG, export={'cpu_fused_attention': 'yes'})
+    with pytest.raises(ValueError, match=r"^export.cpu_fused_attention must be True or False, got 'yes'$"):
+        build_export_model(cfg)
+    layer = MSDeformableAttention(embed_dim=32, num_heads=4, num_levels=1, num_points=2)
+    layer.fuse_cpu_sampling()
+    query, value = paddle.rand([1, 3, 32]), paddle.rand([1, 16, 32])
+    boxes = paddle.full([1, 3, 1, 4], 0.5)
+    with pytest.raises(RuntimeError, match=r'^MSDeformableAttention: the compiled CPU sampling has no gradient; '
+                                           r'it is for inference \(call eval\(\)\)$'):
+        layer(query, boxes, value, [(4, 4)])
+    layer.eval()  # in eval it samples, as the grid_sample path does
+    plain = MSDeformableAttention(embed_dim=32, num_heads=4, num_levels=1, num_points=2)
+    plain.set_state_dict(layer.state_dict())
+    plain.eval()
+    np.testing.assert_array_equal(layer(query, boxes, value, [(4, 4)]).numpy(),
+                                  plain(query, boxes, value, [(4, 4)]).numpy())

@@ -141,8 +141,10 @@ def test_infer_draws_the_boxes_on_every_image(followups):
         drawn = np.asarray(Image.open(drawn_path).convert('RGB'), dtype=np.int16)
         assert drawn.shape == source.shape, 'drawn image {} is not at the input size {}'.format(drawn.shape,
                                                                                                  source.shape)
-        # JPEG re-encoding moves pixels by a few levels; drawn box edges and labels replace them outright
-        changed = (np.abs(drawn - source).max(-1) > 96).mean()
+        # JPEG re-encoding moves pixels by a few levels (none by over 16 on these images); drawn box edges and
+        # labels replace them, in colours ppdet picks at random from its colour map, some near the images'
+        # grey (a khaki-and-grey drawing changed 0.75% of the pixels by over 96 levels, 35% by over 32)
+        changed = (np.abs(drawn - source).max(-1) > 32).mean()
         assert changed > 0.02, '{}: only {:.2%} of the pixels changed, no boxes drawn'.format(drawn_path, changed)
 
 
