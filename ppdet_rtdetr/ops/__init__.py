@@ -31,7 +31,7 @@ def register_library(path):
 
     Paddle aborts the process when a second copy of the same operators registers (each exported folder carries
     its own copy of the library, and the build folder has one), so only the first copy a process meets is
-    loaded; every copy holds the same code.
+    loaded (copies made from one ppdet_rtdetr version hold the same code).
     """
     from paddle.base import core
     if OP_NAME not in core.get_all_op_names():
