@@ -60,7 +60,11 @@ std::vector<paddle::Tensor> MSDeformAttnForward(const paddle::Tensor& value, con
                                                 const std::vector<int64_t>& num_points) {
   PD_CHECK(value.is_cpu() && locations.is_cpu() && weights.is_cpu() && spatial_shapes.is_cpu(),
            "ppdet_rtdetr_ms_deform_attn runs on the CPU only");
-  PD_CHECK(value.dtype() == paddle::DataType::FLOAT32, "ppdet_rtdetr_ms_deform_attn: Value must be float32");
+  PD_CHECK(value.dtype() == paddle::DataType::FLOAT32 && locations.dtype() == paddle::DataType::FLOAT32 &&
+               weights.dtype() == paddle::DataType::FLOAT32,
+           "ppdet_rtdetr_ms_deform_attn: Value, Locations and Weights must be float32");
+  PD_CHECK(spatial_shapes.dtype() == paddle::DataType::INT64,
+           "ppdet_rtdetr_ms_deform_attn: SpatialShapes must be int64");
   const int64_t b = value.shape()[0], l = value.shape()[1], nh = value.shape()[2], hc = value.shape()[3];
   const int64_t q = locations.shape()[1], total = locations.shape()[3];
   const int64_t nl = static_cast<int64_t>(num_points.size());

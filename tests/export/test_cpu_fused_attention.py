@@ -43,6 +43,12 @@ def test_operator_is_bit_equal_to_the_grid_sample_path(shapes, points, b, nh, hc
     assert np.abs(want).max() > 0.1  # not a comparison of zeros
 
 
+def test_operator_refuses_other_dtypes():
+    value, locs = paddle.ones([1, 4, 1, 2], 'float64'), paddle.full([1, 1, 1, 1, 2], 0.5)
+    with pytest.raises(Exception, match='ppdet_rtdetr_ms_deform_attn: Value, Locations and Weights must be float32'):
+        ops.ms_deform_attn_cpu(value, [(2, 2)], locs, paddle.ones([1, 1, 1, 1]), [1])
+
+
 def test_switched_model_gives_the_same_outputs():
     """Every MSDeformableAttention of the tiny model on the operator: eval outputs bit-equal."""
     paddle.seed(0)
