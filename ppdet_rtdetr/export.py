@@ -40,7 +40,7 @@ from .modeling.deformable_attn import MSDeformableAttention
 logger = setup_logger(__name__)
 
 __all__ = ['resolve_export_size', 'trt_shape_range', 'build_export_model', 'build_infer_cfg', 'write_infer_cfg',
-           'export_inference_model', 'export_onnx', 'check_portable']
+           'export_inference_model', 'export_onnx', 'cpu_fused_attention', 'check_portable']
 
 # ppdet's TRT_MIN_SUBGRAPH entry for DETR-like architectures (ppdet/engine/export_utils.py)
 ARCH, MIN_SUBGRAPH_SIZE = 'DETR', 3
@@ -112,7 +112,8 @@ def _exclude_post_process(cfg):
     return bool(cfg.get('exclude_post_process', False)) or not (cfg.get('export') or {}).get('post_process', True)
 
 
-def _cpu_fused_attention(cfg):
+def cpu_fused_attention(cfg):
+    """The config's `export.cpu_fused_attention` (default False); ValueError for a value that is not a bool."""
     value = (cfg.get('export') or {}).get('cpu_fused_attention', False)
     if not isinstance(value, bool):
         raise ValueError(f'export.cpu_fused_attention must be True or False, got {value!r}')
@@ -144,7 +145,7 @@ def build_export_model(cfg, weights=None):
         `export.cpu_fused_attention` every deformable attention on the compiled CPU operator (built here:
         RuntimeError if it cannot be; ValueError for the 'discrete' sampler).
     """
-    cpu_fused = _cpu_fused_attention(cfg)  # a wrong value refused before anything is built
+    cpu_fused = cpu_fused_attention(cfg)  # a wrong value refused before anything is built
     if _exclude_post_process(cfg):
         merge_config({'exclude_post_process': True})
     model = create(cfg.architecture)

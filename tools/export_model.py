@@ -24,8 +24,8 @@ from ppdet_rtdetr.cli import ToolArgsParser, apply_overrides
 from ppdet_rtdetr.compat import resolve_device
 from ppdet_rtdetr.config import load_config
 from ppdet_rtdetr.engine import safe_load
-from ppdet_rtdetr.export import (build_export_model, check_portable, export_inference_model, export_onnx,
-                                 resolve_export_size)
+from ppdet_rtdetr.export import (build_export_model, check_portable, cpu_fused_attention, export_inference_model,
+                                 export_onnx, resolve_export_size)
 
 
 def parse_args(argv=None):
@@ -52,7 +52,7 @@ def main(argv=None):
     cfg['use_gpu'] = False
     resolve_device(cfg)
     if args.onnx:  # refused before anything is written
-        check_portable(bool((cfg.get('export') or {}).get('cpu_fused_attention')), '--onnx: this config')
+        check_portable(cpu_fused_attention(cfg), '--onnx: this config')
     size = resolve_export_size(cfg, args.image_shape)
     model = build_export_model(cfg, cfg.get('weights'))
     name = os.path.splitext(os.path.basename(args.config))[0]

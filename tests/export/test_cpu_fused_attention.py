@@ -120,13 +120,18 @@ def test_onnx_is_refused():
     assert not os.path.exists(os.path.join(case.model_dir, 'model.onnx'))
 
 
-def test_export_tool_refuses_onnx_before_writing(tmp_path):
+@pytest.mark.parametrize('value, message', [
+    ('True', "ValueError: --onnx: this config uses ppdet_rtdetr's compiled CPU operator "
+             "(export.cpu_fused_attention)"),
+    ('maybe', "ValueError: export.cpu_fused_attention must be True or False, got 'maybe'"),
+], ids=['onnx', 'bad_value'])
+def test_export_tool_refuses_before_writing(tmp_path, value, message):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'export_model.py'), '-c', TINY_CFG,
-                           '--onnx', '--output_dir', str(tmp_path / 'out'), '-o', 'export.cpu_fused_attention=True'],
+                           '--onnx', '--output_dir', str(tmp_path / 'out'),
+                           '-o', f'export.cpu_fused_attention={value}'],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0
-    assert ("ValueError: --onnx: this config uses ppdet_rtdetr's compiled CPU operator (export.cpu_fused_attention)"
-            in proc.stderr), proc.stderr[-2000:]
+    assert message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / 'out').exists()
 
 
