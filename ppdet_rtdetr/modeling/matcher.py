@@ -8,11 +8,24 @@ from ppdet.core.workspace import register
 
 from .box_ops import cxcywh_to_xyxy, pairwise_giou
 
-__all__ = ['RTDETRHungarianMatcher']
+__all__ = ['NonFiniteCostError', 'RTDETRHungarianMatcher']
+
+
+class NonFiniteCostError(FloatingPointError):
+    """The matching cost holds NaN / inf, which the assignment solver cannot use; the message counts them."""
 
 
 def _empty_index():
     return paddle.zeros([0], dtype='int64')
+
+
+def _check_finite(cost):
+    """Raises ``NonFiniteCostError`` naming the counts unless every entry of ``cost`` (numpy [b, q, n]) is finite:
+    scipy's own error ("matrix contains invalid numeric entries") names neither the matrix nor the cause."""
+    if np.isfinite(cost).all():
+        return
+    raise NonFiniteCostError("the matcher's cost matrix [b, q, sum n_i] = {}: {} of {} values NaN, {} inf".format(
+        list(cost.shape), int(np.isnan(cost).sum()), cost.size, int(np.isinf(cost).sum())))
 
 
 @register
@@ -42,6 +55,9 @@ class RTDETRHungarianMatcher(object):
         list[tuple[Tensor, Tensor]]: for each image, ``(src_idx, tgt_idx)`` int64 tensors of
         length min(q, n_i): query indices (sorted ascending) and the gt indices they match.
         Both are empty for an image without gt.
+
+    Raises:
+        NonFiniteCostError: the cost has NaN / inf entries (non-finite predictions or gt boxes).
     """
     __shared__ = ['use_focal_loss']
 
@@ -89,6 +105,7 @@ class RTDETRHungarianMatcher(object):
                 self.matcher_coeff['giou'] * cost_giou)
         # [b*q, sum n_i] -> [b, q, sum n_i]; image i only competes for its own targets
         cost = cost.reshape([bs, num_queries, -1]).numpy()
+        _check_finite(cost)
         splits = np.cumsum(sizes)[:-1]
 
         indices = []
