@@ -1,4 +1,4 @@
-"""What ``RTDETRTrainer`` does on a non-finite (NaN / inf) training loss.
+"""What ``RTDETRTrainer`` does on a non-finite (NaN / inf) training loss or prediction.
 
 ppdet 2.6.0's Trainer keeps stepping on a NaN / inf loss: the optimizer writes NaN into every weight, the
 log shows ``loss: nan`` for the rest of the run, and every later checkpoint is garbage. The guard is a
@@ -16,13 +16,14 @@ loss of each step (one device sync, which ppdet's own logging does anyway).
   gradient is not finite.
 
 Non-finite predictions are caught where they appear, before the Hungarian matcher (whose scipy solver would
-end the run with "matrix contains invalid numeric entries" before any loss exists): a second forward post-hook on
-the model's ``transformer`` sub-layer checks its training outputs (every decoder layer's boxes and logits, the
-denoising ones, the encoder top-k: ``prediction_check``) in the same step. Without AMP it raises
-``NonFinitePredictionError`` (a ``NonFiniteLossError``) naming the step and the tensors; with AMP the step counts
-as a non-finite loss: the head computes it from finite stand-ins (NaN / inf set to 0) and the loss is made NaN,
-so the scaler or the step gate skips it and the patience count goes up. A non-finite cost in the matcher
-(``NonFiniteCostError``) ends the run as a ``NonFinitePredictionError`` naming the step (``cost_error``).
+end the run with "matrix contains invalid numeric entries" before any loss exists): a second forward post-hook
+on the model's ``transformer`` sub-layer checks its training outputs (every decoder layer's boxes and logits,
+the denoising ones, the encoder top-k: ``prediction_check``; one more sync, right before the matcher's own).
+Without AMP it raises ``NonFinitePredictionError`` (a ``NonFiniteLossError``) naming the step and the tensors;
+with AMP the step counts as a non-finite loss: the head computes it from finite stand-ins (NaN / inf set to 0)
+and the loss is made NaN, so the scaler or the step gate skips it and the patience count goes up. A non-finite
+cost in the matcher (``NonFiniteCostError``) ends the run as a ``NonFinitePredictionError`` naming the step
+(``cost_error``).
 
 ``stop_on_nonfinite_loss: false`` in the config turns the guard off (ppdet's behaviour). Under data parallel
 training each rank checks its own loss; the failing rank's error ends the run (the launcher stops the

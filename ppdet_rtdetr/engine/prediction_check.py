@@ -29,8 +29,9 @@ def all_finite(outputs):
 
 
 def _named_parts(outputs):
-    """(name, tensor) for every decoder layer's matching and denoising queries and the encoder top-k."""
-    dec_bboxes, dec_logits, enc_bboxes, enc_logits, dn_meta = outputs
+    """(name, tensor) for every decoder layer's matching and denoising queries, the encoder top-k, and any
+    further floating-point output of a transformer that returns more (by its position)."""
+    dec_bboxes, dec_logits, enc_bboxes, enc_logits, dn_meta = outputs[:5]
     num_layers = dec_bboxes.shape[0]
     for kind, stack in (('bboxes', dec_bboxes), ('logits', dec_logits)):
         for i in range(num_layers):
@@ -41,6 +42,7 @@ def _named_parts(outputs):
                 yield 'dn_out_' + kind + where, dn
             yield 'dec_out_' + kind + where, dec
     yield from zip(_ENCODER_NAMES, (enc_bboxes, enc_logits))
+    yield from (('transformer output {}'.format(i), t) for i, t in enumerate(outputs[5:], 5) if _is_prediction(t))
 
 
 def report(outputs):

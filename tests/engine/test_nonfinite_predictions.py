@@ -202,3 +202,8 @@ def test_report_without_denoising_and_the_eval_output():
     outputs[0][1, 0, 4, 0] = math.inf
     assert prediction_check.report(outputs) == 'dec_out_bboxes of decoder layer 2 of 2: 0 of 20 values NaN, 1 inf'
     assert prediction_check.all_finite((outputs[1][:1], outputs[1][:1], None, None, None))
+    extra = paddle.to_tensor([1., math.nan])
+    assert not prediction_check.all_finite(outputs[:5] + (extra,))
+    assert prediction_check.report(outputs[:5] + (extra,)) == (
+        'dec_out_bboxes of decoder layer 2 of 2: 0 of 20 values NaN, 1 inf; transformer output 5: 1 of 2 values NaN, '
+        '0 inf')
