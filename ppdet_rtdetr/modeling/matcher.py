@@ -19,13 +19,15 @@ def _empty_index():
     return paddle.zeros([0], dtype='int64')
 
 
-def _check_finite(cost):
-    """Raises ``NonFiniteCostError`` naming the counts unless every entry of ``cost`` (numpy [b, q, n]) is finite:
-    scipy's own error ("matrix contains invalid numeric entries") names neither the matrix nor the cause."""
+def _check_finite(cost, image):
+    """Raises ``NonFiniteCostError`` naming the counts unless every entry of ``cost`` (numpy [q, n_i], the cost of
+    batch image ``image``) is finite: scipy's own error ("matrix contains invalid numeric entries") names neither
+    the matrix nor the cause."""
     if np.isfinite(cost).all():
         return
-    raise NonFiniteCostError("the matcher's cost matrix [b, q, sum n_i] = {}: {} of {} values NaN, {} inf".format(
-        list(cost.shape), int(np.isnan(cost).sum()), cost.size, int(np.isinf(cost).sum())))
+    raise NonFiniteCostError("the matcher's cost matrix of image {} ([q, n_i] = {}): {} of {} values NaN, {} inf"
+                             .format(image, list(cost.shape), int(np.isnan(cost).sum()), cost.size,
+                                     int(np.isinf(cost).sum())))
 
 
 @register
@@ -105,7 +107,6 @@ class RTDETRHungarianMatcher(object):
                 self.matcher_coeff['giou'] * cost_giou)
         # [b*q, sum n_i] -> [b, q, sum n_i]; image i only competes for its own targets
         cost = cost.reshape([bs, num_queries, -1]).numpy()
-        _check_finite(cost)
         splits = np.cumsum(sizes)[:-1]
 
         indices = []
@@ -113,6 +114,8 @@ class RTDETRHungarianMatcher(object):
             if sizes[i] == 0:
                 indices.append((_empty_index(), _empty_index()))
                 continue
+            # only image i's own block is solved: that is the part checked (1/b of the matrix)
+            _check_finite(cost_i[i], i)
             src, tgt = linear_sum_assignment(cost_i[i])
             # paddle.assign, not paddle.to_tensor: in Paddle 3.3 every to_tensor call leaks ~120 bytes of host
             # memory (benchmarks/memory_growth.py), and this runs for every image of every step

@@ -102,23 +102,30 @@ def test_nonfinite_matching_cost_names_the_step(tmp_path, shapes8):
         trainer.train()
 
     found = re.fullmatch(
-        r"Non-finite matching cost at epoch 0, step 0/4 \(iteration 1\): the matcher's cost matrix \[b, q, sum n_i\] "
-        r"= \[2, 20, (\d+)\]: (\d+) of (\d+) values NaN, 0 inf\. Training stopped before the optimizer step; "
-        + re.escape(ADVICE), str(error.value))
+        r"Non-finite matching cost at epoch 0, step 0/4 \(iteration 1\): the matcher's cost matrix of image ([01]) "
+        r"\(\[q, n_i\] = \[20, (\d+)\]\): (\d+) of (\d+) values NaN, 0 inf\. Training stopped before the optimizer "
+        r"step; " + re.escape(ADVICE), str(error.value))
     assert found, str(error.value)
-    num_gts, nan, size = (int(g) for g in found.groups())
-    # the 2 NaN queries cost NaN against every gt of the batch; the inf logit gives a finite cost (sigmoid 1)
-    assert num_gts > 0 and nan == 2 * num_gts and size == 2 * 20 * num_gts
+    _, num_gts, nan, size = (int(g) for g in found.groups())
+    # the image's NaN query costs NaN against each of its gts; the inf logit gives a finite cost (sigmoid 1)
+    assert num_gts > 0 and nan == num_gts and size == 20 * num_gts
     assert isinstance(error.value.__cause__, NonFiniteCostError)
 
 
-def test_matcher_refuses_a_nonfinite_cost_by_name():
+def test_matcher_refuses_a_nonfinite_cost_by_image():
+    """Image 1's second query is NaN. Without gts of its own, its NaN rows (against image 0's gt) are never solved:
+    no error. With 2 gts, its block [3 queries, 2 gts] holds 2 NaN costs."""
     matcher = RTDETRHungarianMatcher()
-    boxes = paddle.full([1, 3, 4], 0.5)
-    logits = paddle.to_tensor([[[0., 1.], [math.nan, math.nan], [2., -1.]]])
-    gt_bbox, gt_class = [paddle.to_tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1]])], [paddle.to_tensor([[1], [0]])]
-    with pytest.raises(NonFiniteCostError, match=r"^the matcher's cost matrix \[b, q, sum n_i\] = \[1, 3, 2\]: 2 of 6 "
-                                                 r"values NaN, 0 inf$"):
+    boxes = paddle.full([2, 3, 4], 0.5)
+    logits = paddle.to_tensor([[[0., 1.], [1., 0.], [2., -1.]], [[0., 1.], [math.nan, math.nan], [2., -1.]]])
+    gt_bbox = [paddle.to_tensor([[0.5, 0.5, 0.2, 0.2]]), paddle.zeros([0, 4])]
+    gt_class = [paddle.to_tensor([[0]]), paddle.zeros([0, 1], 'int64')]
+    (src0, tgt0), (src1, _) = matcher(boxes, logits, gt_bbox, gt_class)
+    assert len(src0) == len(tgt0) == 1 and len(src1) == 0
+    gt_bbox[1] = paddle.to_tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1]])
+    gt_class[1] = paddle.to_tensor([[1], [0]])
+    with pytest.raises(NonFiniteCostError, match=r"^the matcher's cost matrix of image 1 \(\[q, n_i\] = \[3, 2\]\): "
+                                                 r"2 of 6 values NaN, 0 inf$"):
         matcher(boxes, logits, gt_bbox, gt_class)
 
 
