@@ -10,8 +10,9 @@ pick the class; our tools construct ``RTDETRTrainer``. Whoever builds ppdet's ``
 * ``resume_weights`` takes a checkpoint or a folder (its newest complete checkpoint: ``checkpoint.resume_path``)
   and restores it with ``checkpoint.load_checkpoint``;
 * checkpoints are written atomically (``checkpoint.AtomicCheckpointer`` replaces ppdet's ``Checkpointer``);
-* ``train`` runs with the non-finite-loss guard (``loss_guard``; ``stop_on_nonfinite_loss: false`` turns it
-  off, ``nonfinite_loss_patience`` sets how many consecutive non-finite losses an ``--amp`` run skips);
+* ``train`` runs with the non-finite-loss guard (``loss_guard``, which also checks the predictions before the
+  matcher; ``stop_on_nonfinite_loss: false`` turns it off, ``nonfinite_loss_patience`` sets how many consecutive
+  non-finite steps an ``--amp`` run skips); a non-finite matching cost ends it with the step named;
 * with ``norm_type: sync_bn`` on several devices, norms that use global statistics (frozen: ``freeze_norm``)
   stay frozen BatchNorms when ppdet converts the model to SyncBatchNorm;
 * training on CPU computes convolution gradients on oneDNN (``conv_grad``: forward and losses unchanged,
@@ -24,6 +25,7 @@ from ppdet.engine.callbacks import Checkpointer, ComposeCallback
 from ppdet.utils.logger import setup_logger
 
 from ..compat import BATCH_NORMS
+from ..modeling.matcher import NonFiniteCostError
 from . import checkpoint, conv_grad, dnnl, loss_guard, pretrain
 
 logger = setup_logger(__name__)
@@ -119,6 +121,8 @@ class RTDETRTrainer(Trainer):
             self.cfg['norm_type'] = 'bn'
         try:
             return super().train(validate)
+        except NonFiniteCostError as e:
+            raise loss_guard.cost_error(e, self.status) from e  # the same error, naming the step
         finally:
             for guard in guards:
                 guard.remove()

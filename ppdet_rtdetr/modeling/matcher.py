@@ -8,11 +8,26 @@ from ppdet.core.workspace import register
 
 from .box_ops import cxcywh_to_xyxy, pairwise_giou
 
-__all__ = ['RTDETRHungarianMatcher']
+__all__ = ['NonFiniteCostError', 'RTDETRHungarianMatcher']
+
+
+class NonFiniteCostError(FloatingPointError):
+    """The matching cost holds NaN / inf, which the assignment solver cannot use; the message counts them."""
 
 
 def _empty_index():
     return paddle.zeros([0], dtype='int64')
+
+
+def _check_finite(cost, image):
+    """Raises ``NonFiniteCostError`` naming the counts unless every entry of ``cost`` (numpy [q, n_i], the cost of
+    batch image ``image``) is finite: scipy's own error ("matrix contains invalid numeric entries") names neither
+    the matrix nor the cause."""
+    if np.isfinite(cost).all():
+        return
+    raise NonFiniteCostError("the matcher's cost matrix of image {} ([q, n_i] = {}): {} of {} values NaN, {} inf"
+                             .format(image, list(cost.shape), int(np.isnan(cost).sum()), cost.size,
+                                     int(np.isinf(cost).sum())))
 
 
 @register
@@ -42,6 +57,9 @@ class RTDETRHungarianMatcher(object):
         list[tuple[Tensor, Tensor]]: for each image, ``(src_idx, tgt_idx)`` int64 tensors of
         length min(q, n_i): query indices (sorted ascending) and the gt indices they match.
         Both are empty for an image without gt.
+
+    Raises:
+        NonFiniteCostError: the cost has NaN / inf entries (non-finite predictions or gt boxes).
     """
     __shared__ = ['use_focal_loss']
 
@@ -96,6 +114,8 @@ class RTDETRHungarianMatcher(object):
             if sizes[i] == 0:
                 indices.append((_empty_index(), _empty_index()))
                 continue
+            # only image i's own block is solved: that is the part checked (1/b of the matrix)
+            _check_finite(cost_i[i], i)
             src, tgt = linear_sum_assignment(cost_i[i])
             # paddle.assign, not paddle.to_tensor: in Paddle 3.3 every to_tensor call leaks ~120 bytes of host
             # memory (benchmarks/memory_growth.py), and this runs for every image of every step

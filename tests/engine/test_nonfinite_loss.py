@@ -99,7 +99,7 @@ def test_amp_skips_nonfinite_steps_and_stops_after_patience_in_a_row(tmp_path, s
                             for s, e, i, n in skipped]
     assert str(error.value) == (
         'Non-finite loss nan at epoch 1, step 2/4 (iteration 7): non-finite parts: loss_bbox=nan; finite parts: '
-        '{}. That is 3 non-finite losses in a row (nonfinite_loss_patience: 3): training stopped before the '
+        '{}. That is 3 non-finite steps in a row (nonfinite_loss_patience: 3): training stopped before the '
         'optimizer step; no checkpoint was written for this epoch. Check the data (tools/check_dataset.py), '
         'lower the learning rate, or train without --amp.'.format(finite))
     assert _adam_updates(trainer.optimizer) == 2, 'only steps 1 and 4 may update the weights'
