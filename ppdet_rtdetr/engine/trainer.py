@@ -28,7 +28,8 @@ from ppdet.engine.callbacks import Checkpointer, ComposeCallback
 from ppdet.utils.logger import setup_logger
 
 from ..compat import BATCH_NORMS
-from . import checkpoint, conv_grad, dnnl, loss_guard, pretrain
+from ..native import conv_grad, onednn
+from . import checkpoint, loss_guard, pretrain
 
 logger = setup_logger(__name__)
 
@@ -70,11 +71,12 @@ class RTDETRTrainer(Trainer):
             return
         try:
             count = conv_grad.use_onednn_conv_grads(self.model)
-        except dnnl.DnnlUnavailable as e:
+        except onednn.DnnlUnavailable as e:
             logger.warning('convolution gradients stay on Paddle\'s CPU kernels: {}'.format(e))
             return
-        logger.info('convolution gradients of {} layers on oneDNN ({}: paddle keeps Paddle\'s kernels)'.format(
-            count, conv_grad.TRAINER_KEY))
+        if count:
+            logger.info('convolution gradients of {} layers on oneDNN ({}: paddle keeps Paddle\'s kernels)'.format(
+                count, conv_grad.TRAINER_KEY))
 
     def _init_callbacks(self):
         super()._init_callbacks()
