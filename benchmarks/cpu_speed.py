@@ -35,8 +35,8 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
 from int8_speed import build  # noqa: E402
-from ppdet_rtdetr.benchmark.harness import emit_report, run_worker, summarize  # noqa: E402
-from ppdet_rtdetr.benchmark.probe import machine  # noqa: E402
+from harness.harness import emit_report, run_worker, summarize  # noqa: E402
+from harness.probe import machine  # noqa: E402
 
 MODELS = {'r18vd': 'rtdetr_r18vd_6x_coco.yml', 'r50vd': 'rtdetr_r50vd_6x_coco.yml'}
 # (name, engine, implementation); 'int8' is our INT8 file in onnxruntime
@@ -131,7 +131,7 @@ def _ort_runner(model_file, inputs, threads):
 def paired(dirs, args):
     """Per PAIRS entry, both models in this process, alternating for `args.pairs` pairs after 2 warm-ups:
     median latencies and the per-pair ratio (median, 10th and 90th percentile)."""
-    from ppdet_rtdetr.benchmark.runners import engine_runner
+    from harness.runners import engine_runner
     inputs = {'image': np.random.RandomState(0).rand(1, 3, 640, 640).astype('float32'),
               'im_shape': np.array([[640, 640]], 'float32'), 'scale_factor': np.ones([1, 2], 'float32')}
     out = {}

@@ -53,7 +53,7 @@ def worker(name, steps):
     sys.path.insert(0, ROOT)
     import paddle
     from ppdet.core.workspace import create
-    from ppdet_rtdetr.benchmark.probe import gemm_gflops
+    from harness.probe import gemm_gflops
     from ppdet_rtdetr.cli import apply_overrides
     from ppdet_rtdetr.config import load_config
     gemm_before = gemm_gflops()
@@ -94,8 +94,8 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker, args.steps)
     sys.path.insert(0, ROOT)
-    from ppdet_rtdetr.benchmark.harness import emit_report
-    from ppdet_rtdetr.benchmark.probe import machine
+    from harness.harness import emit_report
+    from harness.probe import machine
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', str(os.cpu_count())))
     results = []
     for name in args.settings:

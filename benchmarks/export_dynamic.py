@@ -6,7 +6,7 @@
 
 Each config (random weights, seed 0) is exported twice by tools/export_model.py, `--image_shape 3 H W` (anchors
 and position embeddings baked) and `--image_shape 3 -1 -1` (computed from the input by the graph), both with
---onnx. The timing is ppdet_rtdetr.benchmark.worker, as in tools/benchmark.py (one process per measurement:
+--onnx. The timing is harness.worker, as in tools/benchmark.py (one process per measurement:
 warm-up, `runs` timed runs of the model on batch 1 at H x W, a numpy float32 GEMM right before and after as this machine's reference speed).
 On a shared machine the speed drifts between measurements, so fixed and dynamic alternate (the order flips
 every round) and each round's ratio dynamic / fixed is taken between neighbours; the JSON keeps every
@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
-from ppdet_rtdetr.benchmark.harness import emit_report, run_worker
-from ppdet_rtdetr.benchmark.probe import gemm_gflops, worker_env
-from ppdet_rtdetr.benchmark.runners import engine_runner
+from harness.harness import emit_report, run_worker
+from harness.probe import gemm_gflops, worker_env
+from harness.runners import engine_runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ['configs/rtdetr/rtdetr_r18vd_6x_coco.yml', 'configs/rtdetr/rtdetr_r50vd_6x_coco.yml']
@@ -57,7 +57,7 @@ def export(config, size, out_dir, threads):
 
 
 def measure(engine, model_dir, config, size, args):
-    """One benchmark worker run (ppdet_rtdetr.benchmark.worker): {'gemm_gflops_before', 'latency_ms',
+    """One benchmark worker run (harness.worker): {'gemm_gflops_before', 'latency_ms',
     'gemm_gflops_after'}."""
     return run_worker(engine, model_dir, (3, *size), 1, args.cpu_threads, warmup=args.warmup, runs=args.runs)
 

@@ -17,7 +17,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ppdet_rtdetr.benchmark.harness import emit_report  # noqa: E402
+from harness.harness import emit_report  # noqa: E402
 
 
 def _tool(name, args):

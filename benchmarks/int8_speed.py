@@ -24,8 +24,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ppdet_rtdetr.benchmark.harness import emit_report, prepare, run_worker  # noqa: E402
-from ppdet_rtdetr.benchmark.probe import machine  # noqa: E402
+from harness.harness import emit_report, prepare, run_worker  # noqa: E402
+from harness.probe import machine  # noqa: E402
 from ppdet_rtdetr.quant import GROUPS, detection_drift, quantize_export  # noqa: E402
 from ppdet_rtdetr.quant.calibration import FeedReader  # noqa: E402
 from ppdet_rtdetr.quant.sensitivity import OrtRunner  # noqa: E402

@@ -98,7 +98,7 @@ def main(argv=None):
     from ppdet.engine.callbacks import Callback
 
     from ppdet_rtdetr.cli import apply_overrides
-    from ppdet_rtdetr.compat import resolve_device
+    from ppdet_rtdetr.device import resolve_device
     from ppdet_rtdetr.data import synthetic
     from ppdet_rtdetr.engine import RTDETRTrainer
 

@@ -2,7 +2,7 @@
 benchmarks/small_data.py and benchmarks/finetune.py).
 
 Each run gets its own working directory (ppdet writes `bbox.json` into the current one), its own log and
-a wall-clock limit; the curve is read from the log with benchmarks/demo_curve.py's parser, so a run
+a wall-clock limit; the curve is read from the log with the demo's parser (scripts/demo_curve.py), so a run
 killed by its limit still reports the evaluations it finished.
 """
 import os
@@ -13,7 +13,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))  # the demo's log parser
 from demo_curve import parse  # noqa: E402
 
 

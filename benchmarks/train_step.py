@@ -133,7 +133,7 @@ def worker(args):
     model.set_state_dict(state)
     model.train()
     if args.worker == 'ours' and args.cpu_conv_grad == 'onednn':
-        from ppdet_rtdetr.engine.conv_grad import use_onednn_conv_grads
+        from ppdet_rtdetr.native.conv_grad import use_onednn_conv_grads
         use_onednn_conv_grads(model)
     timer = _install_host_timers(model) if args.worker == 'ours' else None
     opt = paddle.optimizer.AdamW(learning_rate=1e-4, parameters=model.parameters(), weight_decay=1e-4,

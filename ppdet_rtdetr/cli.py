@@ -22,7 +22,7 @@ from ppdet.core import workspace
 from ppdet.utils.check import check_config, check_version
 from ppdet.utils.cli import ArgsParser, merge_args
 
-from .compat import resolve_device
+from .device import resolve_device
 from .config import load_config
 from .delegate import Delegate
 
@@ -180,7 +180,7 @@ def load_tool_config(args, mode):
     """Load `args.config` as PaddleDetection's tools do.
 
     Applies the parsed flags (ppdet's merge_args) and the `-o key=value` overrides (``apply_overrides``),
-    chooses the device this Paddle build has (see `compat.resolve_device`), applies `--slim_config` if the tool
+    chooses the device this Paddle build has (see `device.resolve_device`), applies `--slim_config` if the tool
     has it (the overrides win over the slim config) and runs ppdet's config and version checks.
 
     Args:

@@ -5,18 +5,15 @@ again is a no-op. Each names the versions and the error it fixes, and ``tests/te
 error on the unpatched path (a patched function keeps the original as ``__wrapped__``):
 
 * ``ImageDraw.ImageDraw.textsize`` (removed in Pillow 10; ppdet's ``draw_bbox`` calls it);
-* ``ppdet.engine.trainer.paddle.jit.to_static`` (Paddle 3's SOT default has no ``main_program``, which
-  ``Trainer.export`` reads);
 * ``ModelEMA.__init__`` with ``ema_filter_no_grad=True`` (ppdet 2.6.0 appends to a set, on any Paddle);
 * ``Trainer.__init__`` with ``print_params: true`` (Paddle 3's 0-D ``numel()``).
 
 ``tests/test_plugin_import.py`` checks that nothing else of ppdet changes on import. What this project does
-differently from ppdet on purpose lives in ``ppdet_rtdetr.engine.RTDETRTrainer`` and ``ppdet_rtdetr.cli``.
-``resolve_device`` is not a patch: the tools call it after the config is loaded.
+differently from ppdet on purpose lives in ``ppdet_rtdetr.engine.RTDETRTrainer`` (including an export that works
+on Paddle 3), ``ppdet_rtdetr.cli`` and ``ppdet_rtdetr.device``.
 """
 import functools
 import inspect
-import types
 
 import numpy as np
 import paddle
@@ -28,7 +25,7 @@ from ppdet.utils.logger import setup_logger
 
 logger = setup_logger(__name__)
 
-__all__ = ['BATCH_NORMS', 'apply', 'resolve_device']
+__all__ = ['BATCH_NORMS', 'apply']
 
 # every batch-norm class of Paddle 3 (ppdet's get_bn_running_state_names knows only BatchNorm2D and SyncBatchNorm)
 BATCH_NORMS = (paddle.nn.BatchNorm, paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D, paddle.nn.BatchNorm3D,
@@ -50,44 +47,6 @@ def _textsize(self, text, font=None, *args, **kwargs):
 def _add_pillow_textsize():
     if not hasattr(ImageDraw.ImageDraw, 'textsize'):
         ImageDraw.ImageDraw.textsize = _textsize
-
-
-# Paddle 3.0 made SOT (full_graph=False) the default of paddle.jit.to_static, and a SOT function has
-# no `main_program`, which ppdet 2.6.0's Trainer._get_infer_cfg_and_input_spec reads to prune the
-# export input spec: Trainer.export fails with "Can't call main_program when full_graph=False".
-class _ModuleView(types.ModuleType):
-    """A read-through view of `base` in which the names given in `overrides` are replaced.
-
-    Installed as one module's global, it changes what that module sees and nothing else.
-    """
-
-    def __init__(self, base, **overrides):
-        super().__init__(base.__name__, base.__doc__)
-        self.__dict__.update(overrides)
-        self._base = base
-
-    def __getattr__(self, name):
-        return getattr(self._base, name)
-
-
-def _full_graph_to_static(to_static):
-    # wraps() keeps `__module__ == 'paddle.jit.api'` and not_to_static marks the wrapper: otherwise
-    # dy2static treats it as user code to transform and export deadlocks in dy2static's lock.
-    @paddle.jit.not_to_static
-    @functools.wraps(to_static)
-    def full_graph_to_static(function=None, *args, **kwargs):
-        kwargs.setdefault('full_graph', True)
-        return to_static(function, *args, **kwargs)
-
-    return full_graph_to_static
-
-
-def _trainer_paddle_view():
-    """What ppdet's trainer module sees as `paddle`: Paddle, with a full-graph `jit.to_static`."""
-    if isinstance(ppdet_trainer.paddle, _ModuleView):
-        return
-    jit = _ModuleView(paddle.jit, to_static=_full_graph_to_static(paddle.jit.to_static))
-    ppdet_trainer.paddle = _ModuleView(paddle, jit=jit)
 
 
 # ppdet 2.6.0's ModelEMA(ema_filter_no_grad=True) (the RT-DETR recipe) calls `.append` on its black
@@ -161,50 +120,7 @@ def apply():
     """Install every shim (idempotent)."""
     _fix_print_params()
     _add_pillow_textsize()
-    _trainer_paddle_view()
     _fix_ema_filter_no_grad()
-
-
-# ppdet 2.6.0's tools call paddle.set_device('gpu') when the config says `use_gpu: true`, which on a
-# CPU-only Paddle build fails with "The device should not be 'gpu'"; its check_gpu() exits instead.
-# Configs written for GPU training (every RT-DETR runtime.yml) must run on CPU unchanged.
-def _has_custom_device(name):
-    return name in paddle.device.get_all_custom_device_type()
-
-
-_DEVICES = (  # in the order ppdet's tools try them
-    ('use_gpu', 'gpu', paddle.is_compiled_with_cuda),
-    ('use_npu', 'npu', functools.partial(_has_custom_device, 'npu')),
-    ('use_xpu', 'xpu', paddle.is_compiled_with_xpu),
-    # Paddle 3 ships MLU as a custom device plugin (paddle.is_compiled_with_mlu is gone)
-    ('use_mlu', 'mlu', functools.partial(_has_custom_device, 'mlu')),
-)
-
-
-def resolve_device(cfg):
-    """Choose the device a config asks for among those this Paddle build supports, and set it.
-
-    Args:
-        cfg (dict): the loaded ppdet config (AttrDict). Its `use_gpu`, `use_npu`, `use_xpu` and
-            `use_mlu` keys are read (missing means false) and rewritten so that exactly the chosen
-            accelerator's key is true (none on CPU): ppdet's Trainer reads all four keys.
-
-    Returns:
-        str: the device passed to paddle.set_device: 'gpu', 'npu', 'xpu', 'mlu' or 'cpu'. A
-        requested device this build lacks is logged as a warning and skipped, ending on 'cpu'.
-    """
-    chosen = 'cpu'
-    for key, device, available in _DEVICES:
-        wanted = bool(cfg.get(key, False))
-        if wanted and chosen == 'cpu' and not available():
-            logger.warning('Config sets {}: true, but this Paddle build has no {} support: '
-                           'ignoring it.'.format(key, device))
-        elif wanted and chosen == 'cpu':
-            chosen = device
-        cfg[key] = device == chosen
-    paddle.set_device(chosen)
-    logger.info('Running on {}.'.format(chosen))
-    return chosen
 
 
 apply()

@@ -16,14 +16,14 @@ python tools/train.py -c "$CFG" --eval -o output_eval="$OUT" 2>&1 | tee "$OUT/tr
 cp dataset/shapes/images/val/00000[0-5].jpg "$OUT/samples/"
 python tools/infer.py -c "$CFG" -o weights=output/rtdetr_r18vd_shapes/model_final \
     --infer_dir "$OUT/samples" --output_dir "$OUT/pictures" --draw_threshold "$THRESHOLD" --save_results
-python benchmarks/demo_curve.py --log "$OUT/train.log" --out "$OUT/curve.json" --plot "$OUT/curve.png" \
+python scripts/demo_curve.py --log "$OUT/train.log" --out "$OUT/curve.json" --plot "$OUT/curve.png" \
     > "$OUT/curve.txt"
 # the last evaluation's detections (written by --eval), object by object: in the drawn pictures, then the val set
 echo -n "drawn pictures: "
-python benchmarks/demo_boxes.py --anno dataset/shapes/annotations/instances_val.json --pred "$OUT/bbox.json" \
+python scripts/demo_boxes.py --anno dataset/shapes/annotations/instances_val.json --pred "$OUT/bbox.json" \
     --threshold "$THRESHOLD" --images_in "$OUT/samples" || true
 echo -n "whole val set: "
-python benchmarks/demo_boxes.py --anno dataset/shapes/annotations/instances_val.json --pred "$OUT/bbox.json" \
+python scripts/demo_boxes.py --anno dataset/shapes/annotations/instances_val.json --pred "$OUT/bbox.json" \
     --threshold "$THRESHOLD" --out "$OUT/boxes.json" || true
 echo "pictures with detections: $OUT/pictures/   (detections as JSON: $OUT/pictures/bbox.json)"
 echo "learning curve: $OUT/curve.png and $OUT/curve.json"

@@ -1,5 +1,6 @@
-"""`import ppdet_rtdetr` registers modules and applies the crash fixes of compat.py, and changes nothing else of
-ppdet or Paddle: a PP-YOLOE trained in the same process gets ppdet's behaviour.
+"""`import ppdet_rtdetr` registers our modules (exactly those listed here) and applies the crash fixes of
+compat.py, and changes nothing else of ppdet or Paddle: a PP-YOLOE trained in the same process gets ppdet's
+behaviour.
 
 A fresh interpreter imports ppdet (and Paddle, Pillow) first, takes every module-level name and every class
 attribute of the loaded ppdet modules, then imports ppdet_rtdetr and lists what is no longer the same object.
@@ -25,9 +26,15 @@ PPDET_OWN = [
     ('paddle.nn', 'SyncBatchNorm.convert_sync_batchnorm'),
 ]
 
+# what registering adds: config modules to ppdet's workspace, transforms to ppdet.data.transform (all ours, none
+# replaced); a new registered class belongs in this list, and its name must collide with nothing of ppdet's
+REGISTERED = ['RTDETRCOCODataSet', 'RTDETRCriterion', 'RTDETRDeformableTransformer', 'RTDETRDetector', 'RTDETRFocalNet',
+              'RTDETRHGNetV2', 'RTDETRHead', 'RTDETRHungarianMatcher', 'RTDETRHybridEncoder', 'RTDETROptimizerBuilder',
+              'RTDETRPostProcess', 'RTDETRResNet', 'RTDETRSwinTransformer', 'RTDETRTrainReader']
+TRANSFORMS = ['BeforeStopEpoch', 'DenseMosaic', 'EpochWindow', 'RandomApply']
+
 # the crash fixes of ppdet_rtdetr/compat.py, each tested in tests/test_compat.py: (module, name) -> what changed
 CRASH_FIXES = {
-    'ppdet.engine.trainer:paddle': 'jit.to_static full graph (Trainer.export on Paddle 3)',
     'ppdet.engine.trainer.Trainer:__init__': 'print_params on Paddle 3',
     'ppdet.optimizer.ema.ModelEMA:__init__': 'ema_filter_no_grad on ppdet 2.6.0',
 }
@@ -63,6 +70,7 @@ _PROBE = textwrap.dedent('''
     modules = watched()
     names, classes = snapshot(modules)
     config = dict(ppdet.core.workspace.global_config)
+    transforms = set(vars(ppdet.data.transform))
 
     import ppdet_rtdetr  # noqa: F401
 
@@ -80,6 +88,8 @@ _PROBE = textwrap.dedent('''
         'not_own': [k for k, v in own.items() if resolve(*k.split(':')) is not v],
         'config_changed': sorted(k for k, v in config.items() if ppdet.core.workspace.global_config.get(k) is not v),
         'textsize_before': 'textsize' in classes['PIL.ImageDraw.ImageDraw'][1],
+        'registered': sorted(k for k in ppdet.core.workspace.global_config if k not in config),
+        'transforms': sorted(k for k in vars(ppdet.data.transform) if k not in transforms),
     }))
 ''')
 
@@ -101,3 +111,5 @@ def test_import_changes_only_the_crash_fixes_of_compat():
     expected_added = [] if report['textsize_before'] else ['PIL.ImageDraw.ImageDraw:textsize']
     assert report['added'] == expected_added, report['added']
     assert report['config_changed'] == [], 'existing registry entries replaced: {}'.format(report['config_changed'])
+    assert report['registered'] == REGISTERED, report['registered']
+    assert report['transforms'] == TRANSFORMS, report['transforms']

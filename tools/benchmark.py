@@ -9,13 +9,17 @@ batch size runs in its own process with `cpu_threads` math threads: warm-up, `ru
 (inputs already preprocessed; copies in and out included), a numpy float32 GEMM (2048^3) measured right
 before and after as this machine's reference speed. dygraph also reports its stages (backbone, encoder,
 transformer, post-process); --profile adds the per-op share of Paddle Inference / onnxruntime. Prints the
-JSON (and writes it to --output). The work is done by ppdet_rtdetr.benchmark (see its harness.py).
+JSON (and writes it to --output). The work is done by the benchmark library in benchmarks/harness (its
+harness.py), which lives with the benchmarks, outside the installed package.
 """
+import os
+import sys
 import tempfile
 
-from ppdet_rtdetr.benchmark.harness import emit_report, run_benchmark
-from ppdet_rtdetr.benchmark.worker import ENGINES
-from ppdet_rtdetr.cli import ToolArgsParser
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+from harness.harness import emit_report, run_benchmark  # noqa: E402
+from harness.worker import ENGINES  # noqa: E402
+from ppdet_rtdetr.cli import ToolArgsParser  # noqa: E402
 
 
 def parse_args(argv=None):

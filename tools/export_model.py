@@ -21,7 +21,7 @@ import os
 
 import ppdet_rtdetr  # noqa: F401  (registers modules)
 from ppdet_rtdetr.cli import ToolArgsParser, apply_overrides
-from ppdet_rtdetr.compat import resolve_device
+from ppdet_rtdetr.device import resolve_device
 from ppdet_rtdetr.config import load_config
 from ppdet_rtdetr.engine import safe_load
 from ppdet_rtdetr.export import (build_export_model, check_portable, cpu_fused_attention, export_inference_model,

@@ -22,6 +22,9 @@ def parse_args(argv=None):
     parser.add_argument('--kind', default='shapes', choices=['shapes', 'polygons'],
                         help="'shapes': the demo's 4 classes; 'polygons': 4 other classes in random colours "
                              "(a fine-tuning target, see benchmarks/finetune.py)")
+    parser.add_argument('--instances', action='store_true',
+                        help='objects may overlap, each with its exact visible mask as a COCO RLE segmentation '
+                             '(the instance-segmentation demo)')
     args = parser.parse_args(argv)
     if args.size < 32:
         parser.error('--size must be at least 32 so that objects stay clearly visible')
@@ -30,7 +33,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    splits = make_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, args.kind)
+    splits = make_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, args.kind, args.instances)
     for split, paths in splits.items():
         state = 'written' if paths['generated'] else 'up to date, kept'
         print('{}: {} ({}), images in {}'.format(split, paths['anno_path'], state,

@@ -5,7 +5,7 @@
 
 Trains with ppdet_rtdetr.engine.RTDETRTrainer (ppdet's Trainer plus fine-tune loading, atomic checkpoints,
 resume from a folder, the non-finite-loss guard). `-o` may be repeated. `use_gpu: true` in a config falls back
-to CPU on a CPU-only Paddle build (see compat.resolve_device).
+to CPU on a CPU-only Paddle build (see ppdet_rtdetr/device.py).
 """
 import ppdet_rtdetr  # noqa: F401  (registers modules)
 from ppdet.engine import init_fleet_env, init_parallel_env

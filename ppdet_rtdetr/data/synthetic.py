@@ -4,11 +4,16 @@ Every image is drawn from its own seed ``(seed, split, index)``, so a split of 2
 the same 10 images as a split of 10, and the same parameters always give byte-identical annotation
 files. Boxes come from the pixel mask each object is drawn with (no anti-aliasing), so a box is
 exactly the object's drawn extent, and objects never overlap, so no box is occluded.
+
+With ``instances=True`` (the instance-segmentation demo) objects may overlap: each one is painted over the
+ones before it, its annotation gets its exact visible pixels as a COCO RLE ``segmentation``, and its box is the
+extent of those pixels; an object keeps at least ``_MIN_VISIBLE`` of its own area visible.
 """
 import json
 import os
 
 import numpy as np
+import pycocotools.mask as mask_util
 from PIL import Image, ImageDraw
 
 # Category ids are sparse and do not start at 0 on purpose: the model's class index must go through
@@ -34,6 +39,7 @@ _KINDS = {'shapes': CATEGORIES, 'polygons': OTHER_CATEGORIES}
 _SPLITS = ('train', 'val')
 _EMPTY_EVERY = 8  # image i is empty when i % 8 == 3, so any split of >= 4 images has an empty one
 _MAX_OBJECTS = 4
+_MIN_VISIBLE = 0.6  # instances=True: the share of an object's own pixels no later object may cover
 _FORMAT_VERSION = 1  # bump when the drawing changes, so that old folders are regenerated
 
 
@@ -130,7 +136,16 @@ def mask_to_box(mask):
     return [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0]
 
 
-def render_image(seed, split, index, size, kind='shapes'):
+def _visible_after(masks, new_mask):
+    """The masks of earlier objects once `new_mask` is painted over them, or None if one would keep less than
+    ``_MIN_VISIBLE`` of its own pixels (or `new_mask` adds too few of its own)."""
+    covered = [m & ~new_mask for m in masks]
+    if any(c.sum() < _MIN_VISIBLE * m.sum() for c, m in zip(covered, masks)) or new_mask.sum() < 16:
+        return None
+    return covered
+
+
+def render_image(seed, split, index, size, kind='shapes', instances=False):
     """Draw image `index` of `split`: a deterministic function of its arguments.
 
     Args:
@@ -141,11 +156,12 @@ def render_image(seed, split, index, size, kind='shapes'):
             always differ (non-square).
         kind (str): 'shapes' (``CATEGORIES``, one hue per class) or 'polygons' (``OTHER_CATEGORIES``,
             random hues).
+        instances (bool): objects may overlap (module docstring); False draws exactly what it always drew.
 
     Returns:
         tuple: (image, objects). image is uint8 [h, w, 3] RGB; objects is a list of
         (category_id, colour, mask) with colour an RGB triple and mask a boolean [h, w] of exactly
-        the pixels painted in that colour. Masks are disjoint, 0 to 4 per image.
+        the pixels painted in that colour (what is visible of the object). Masks are disjoint, 0 to 4 per image.
     """
     if kind not in _KINDS:
         raise ValueError(f"synthetic dataset: unknown kind '{kind}', expected one of {list(_KINDS)}")
@@ -172,18 +188,31 @@ def render_image(seed, split, index, size, kind='shapes'):
         cy = rng.uniform(margin, height - margin)
         mask = _object_mask(category_id, width, height, cx, cy, radius,
                             angle=rng.uniform(0, 2 * np.pi), aspect=aspect, kind=kind)
-        # a 2-pixel gap keeps objects apart after JPEG blurring and keeps every box unoccluded
-        grown = np.zeros_like(mask)
-        x, y, w, h = mask_to_box(mask)
-        grown[max(y - 2, 0):y + h + 2, max(x - 2, 0):x + w + 2] = True
-        if (grown & occupied).any():
-            continue
+        if instances:
+            covered = _visible_after([m for _, _, m in objects], mask)
+            if covered is None:
+                continue
+            objects = [(c, col, m) for (c, col, _), m in zip(objects, covered)]
+        else:
+            # a 2-pixel gap keeps objects apart after JPEG blurring and keeps every box unoccluded
+            grown = np.zeros_like(mask)
+            x, y, w, h = mask_to_box(mask)
+            grown[max(y - 2, 0):y + h + 2, max(x - 2, 0):x + w + 2] = True
+            if (grown & occupied).any():
+                continue
+            occupied |= grown
         hue = rng.uniform(0, 360) if kind == 'polygons' else (_HUES[category_id] + rng.uniform(-15, 15)) % 360
         colour = _hsv_to_rgb(hue, rng.uniform(.75, 1.), rng.uniform(.8, 1.))
         image[mask] = colour
-        occupied |= grown
         objects.append((category_id, colour, mask))
     return image, objects
+
+
+def mask_to_rle(mask):
+    """COCO compressed RLE of a boolean mask [h, w], with `counts` as a str (JSON-writable)."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle['counts'] = rle['counts'].decode('ascii')
+    return rle
 
 
 def _split_paths(out_dir, split):
@@ -191,7 +220,7 @@ def _split_paths(out_dir, split):
             os.path.join(out_dir, 'images', split))
 
 
-def build_split(out_dir, split, num_images, size, seed, kind='shapes'):
+def build_split(out_dir, split, num_images, size, seed, kind='shapes', instances=False):
     """Write the images of one split and return its COCO annotation dict (not yet saved)."""
     _, image_dir = _split_paths(out_dir, split)
     os.makedirs(image_dir, exist_ok=True)
@@ -202,7 +231,7 @@ def build_split(out_dir, split, num_images, size, seed, kind='shapes'):
             os.remove(os.path.join(image_dir, name))
     images, annotations = [], []
     for index in range(num_images):
-        image, objects = render_image(seed, split, index, size, kind)
+        image, objects = render_image(seed, split, index, size, kind, instances)
         file_name = '{:06d}.jpg'.format(index)
         Image.fromarray(image).save(os.path.join(image_dir, file_name), quality=95)
         image_id = index + 1
@@ -214,9 +243,11 @@ def build_split(out_dir, split, num_images, size, seed, kind='shapes'):
                 'bbox': mask_to_box(mask),
                 'area': int(mask.sum()),  # object pixels, as COCO's area is the segment's area
                 'iscrowd': 0})
+            if instances:
+                annotations[-1]['segmentation'] = mask_to_rle(mask)
     return {
         'info': {'description': 'ppdet_rtdetr synthetic shapes',
-                 'params': _params(split, num_images, size, seed, kind)},
+                 'params': _params(split, num_images, size, seed, kind, instances)},
         'licenses': [],
         'images': images,
         'annotations': annotations,
@@ -224,11 +255,13 @@ def build_split(out_dir, split, num_images, size, seed, kind='shapes'):
     }
 
 
-def _params(split, num_images, size, seed, kind='shapes'):
+def _params(split, num_images, size, seed, kind='shapes', instances=False):
     params = {'split': split, 'num_images': num_images, 'size': size, 'seed': seed,
               'format_version': _FORMAT_VERSION}
     if kind != 'shapes':  # the default's parameters, hence its files, stay as they were
         params['kind'] = kind
+    if instances:
+        params['instances'] = True
     return params
 
 
@@ -243,7 +276,7 @@ def _is_complete(anno_path, image_dir, params):
     return all(os.path.isfile(os.path.join(image_dir, im['file_name'])) for im in coco['images'])
 
 
-def make_dataset(out_dir, num_train=200, num_val=40, size=160, seed=0, kind='shapes'):
+def make_dataset(out_dir, num_train=200, num_val=40, size=160, seed=0, kind='shapes', instances=False):
     """Write (or keep, when already there with the same parameters) the train and val splits.
 
     Args:
@@ -253,6 +286,7 @@ def make_dataset(out_dir, num_train=200, num_val=40, size=160, seed=0, kind='sha
         size (int): nominal image side in pixels (see `render_image`).
         seed (int): dataset seed.
         kind (str): 'shapes' (the demo's classes) or 'polygons' (other classes, random colours).
+        instances (bool): overlapping objects with exact instance masks (``segmentation`` as COCO RLE).
 
     Returns:
         dict: split -> {'anno_path', 'image_dir', 'generated'}; 'generated' is False when the split
@@ -261,9 +295,9 @@ def make_dataset(out_dir, num_train=200, num_val=40, size=160, seed=0, kind='sha
     result = {}
     for split, num_images in zip(_SPLITS, (num_train, num_val)):
         anno_path, image_dir = _split_paths(out_dir, split)
-        done = _is_complete(anno_path, image_dir, _params(split, num_images, size, seed, kind))
+        done = _is_complete(anno_path, image_dir, _params(split, num_images, size, seed, kind, instances))
         if not done:
-            coco = build_split(out_dir, split, num_images, size, seed, kind)
+            coco = build_split(out_dir, split, num_images, size, seed, kind, instances)
             os.makedirs(os.path.dirname(anno_path), exist_ok=True)
             with open(anno_path, 'w') as f:
                 json.dump(coco, f)

@@ -16,17 +16,22 @@ pick the class; our tools construct ``RTDETRTrainer``. Whoever builds ppdet's ``
 * with ``norm_type: sync_bn`` on several devices, norms that use global statistics (frozen: ``freeze_norm``)
   stay frozen BatchNorms when ppdet converts the model to SyncBatchNorm;
 * training on CPU computes convolution gradients on oneDNN (``conv_grad``: forward and losses unchanged,
-  gradients equal up to float32 summation order); ``cpu_conv_grad: paddle`` keeps Paddle's kernels.
+  gradients equal up to float32 summation order); ``cpu_conv_grad: paddle`` keeps Paddle's kernels;
+* ``export`` works on Paddle 3: the traced model is built with ``full_graph=True`` (``_get_infer_cfg_and_input_spec``).
+  Our tools export with ``ppdet_rtdetr.export``; this keeps ppdet's own ``Trainer.export`` call working for
+  whoever uses the trainer directly.
 """
 import paddle
 
 from ppdet.engine import Trainer
+from ppdet.engine.export_utils import _prune_input_spec
 from ppdet.engine.callbacks import Checkpointer, ComposeCallback
 from ppdet.utils.logger import setup_logger
 
 from ..compat import BATCH_NORMS
 from ..modeling.matcher import NonFiniteCostError
-from . import checkpoint, conv_grad, dnnl, loss_guard, pretrain
+from ..native import conv_grad, onednn
+from . import checkpoint, loss_guard, pretrain
 
 logger = setup_logger(__name__)
 
@@ -68,11 +73,12 @@ class RTDETRTrainer(Trainer):
             return
         try:
             count = conv_grad.use_onednn_conv_grads(self.model)
-        except dnnl.DnnlUnavailable as e:
+        except onednn.DnnlUnavailable as e:
             logger.warning('convolution gradients stay on Paddle\'s CPU kernels: {}'.format(e))
             return
-        logger.info('convolution gradients of {} layers on oneDNN ({}: paddle keeps Paddle\'s kernels)'.format(
-            count, conv_grad.TRAINER_KEY))
+        if count:
+            logger.info('convolution gradients of {} layers on oneDNN ({}: paddle keeps Paddle\'s kernels)'.format(
+                count, conv_grad.TRAINER_KEY))
 
     def _init_callbacks(self):
         super()._init_callbacks()
@@ -91,6 +97,18 @@ class RTDETRTrainer(Trainer):
         path = checkpoint.resume_path(weights)
         self.start_epoch = checkpoint.load_checkpoint(self.model, path, self.optimizer,
                                                       self.ema if self.use_ema else None)
+
+    def _get_infer_cfg_and_input_spec(self, save_dir, prune_input=True, kl_quant=False):
+        """ppdet's method (writes infer_cfg.yml, returns the traced model and its input spec), traced with
+        ``full_graph=True``: Paddle 3's default tracer (SOT) has no ``main_program``, which the input-spec pruning
+        reads, so ppdet 2.6.0's ``Trainer.export`` fails with "Can't call main_program when full_graph=False".
+        """
+        _, input_spec = super()._get_infer_cfg_and_input_spec(save_dir, prune_input=False, kl_quant=kl_quant)
+        if not prune_input:
+            return None, input_spec
+        static_model = paddle.jit.to_static(self.model, input_spec=input_spec, full_graph=True)
+        return static_model, _prune_input_spec(input_spec, static_model.forward.main_program,
+                                               static_model.forward.outputs)
 
     def _on_amp_device(self):
         # ppdet's condition for auto_cast, GradScaler and the SyncBatchNorm conversion (Trainer.train)

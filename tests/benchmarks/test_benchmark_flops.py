@@ -1,6 +1,7 @@
-"""ppdet_rtdetr.benchmark: GFLOPs (multiply-add = 2) of convs, linears and attention per top-level part, and the
+"""benchmarks/harness: GFLOPs (multiply-add = 2) of convs, linears and attention per top-level part, and the
 dygraph stage times stamped by forward hooks."""
 import json
+import os
 import sys
 import time
 
@@ -8,12 +9,11 @@ import paddle
 import paddle.nn as nn
 
 from helpers.export_utils import ROOT
+from ppdet_rtdetr.modeling.layers import MultiHeadAttention
 
-sys.path.insert(0, ROOT)
-
-from ppdet_rtdetr.benchmark.flops import count_gflops  # noqa: E402
-from ppdet_rtdetr.benchmark.runners import STAGES, dygraph_runner  # noqa: E402
-from ppdet_rtdetr.modeling.layers import MultiHeadAttention  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))  # the lab's scripts and their library, `harness`
+from harness.flops import count_gflops  # noqa: E402
+from harness.runners import STAGES, dygraph_runner  # noqa: E402
 
 
 class _Toy(nn.Layer):
@@ -78,7 +78,7 @@ def test_stage_hooks_time_each_stage_of_the_models_own_forward():
 
 
 def test_emit_report_prints_and_writes_the_same_json(tmp_path, capsys):
-    from ppdet_rtdetr.benchmark.harness import emit_report
+    from harness.harness import emit_report
     report = {'engine': 'onnxruntime', 'latency_ms': {'median': 12.5}, 'notes': ['a']}
     emit_report(report, str(tmp_path / 'r.json'))
     printed = capsys.readouterr().out

@@ -66,8 +66,8 @@ def test_targets_are_judged_on_the_medians():
 def test_paired_alternates_in_one_process(monkeypatch):
     # a fake clock: each run advances it by its model's cost; the machine slows down 1.5x half-way, which
     # the per-pair ratios do not see
-    import ppdet_rtdetr.benchmark.runners as runners
-    script = _script()
+    script = _script()  # puts benchmarks/ (the lab's library, `harness`) on the path
+    import harness.runners as runners
     clock, order = [0.], []
     cost = {('paddle_mkldnn', 'O'): 4., ('paddle_mkldnn', 'C'): 3., ('paddle_mkldnn_official', 'F'): 5.,
             ('onnxruntime', 'O'): 3.,

@@ -4,7 +4,7 @@ import sys
 
 from conftest import ROOT, fresh_config
 
-sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))  # the lab's scripts and their library, `harness`
 from train_runs import first_reaching, size_overrides  # noqa: E402
 
 

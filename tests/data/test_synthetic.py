@@ -156,3 +156,57 @@ def test_polygons_kind_other_classes_random_colours_default_untouched(dataset, t
     assert (again[0] == shapes[0]).all() and _load(str(dataset), 'train')['info']['params'].get('kind') is None
     with pytest.raises(ValueError, match="unknown kind 'circles', expected one of \\['shapes', 'polygons'\\]"):
         synthetic.render_image(0, 'train', 1, 64, kind='circles')
+
+
+def test_instances_overlap_with_exact_visible_masks(tmp_path):
+    """instances=True: each segmentation is exactly the pixels painted in its object's colour (what is visible of
+    it), boxes are their extent, objects overlap, and ppdet reads the masks back through Poly2Mask."""
+    import pycocotools.mask as mask_util
+    from ppdet.data.source.coco import COCODataSet
+    from ppdet.data.transform.operators import Poly2Mask
+
+    root = str(tmp_path / 'instances')
+    synthetic.make_dataset(root, num_train=24, num_val=2, size=96, seed=0, instances=True)
+    coco = _load(root, 'train')
+    assert coco['info']['params']['instances'] is True
+    overlapping_boxes = 0
+    for im in coco['images']:
+        anns = [a for a in coco['annotations'] if a['image_id'] == im['id']]
+        image, objects = synthetic.render_image(0, 'train', im['id'] - 1, 96, instances=True)
+        assert len(objects) == len(anns)
+        union = np.zeros(image.shape[:2], dtype=int)
+        for ann, (category_id, colour, _) in zip(anns, objects):
+            mask = mask_util.decode(ann['segmentation']).astype(bool)
+            assert ann['segmentation']['size'] == [im['height'], im['width']]
+            assert ann['category_id'] == category_id and ann['area'] == int(mask.sum())
+            assert (image[mask] == colour).all(), 'a mask pixel is not its object\'s colour'
+            assert ann['bbox'] == _extent(mask)
+            union += mask
+        assert union.max() <= 1, 'instance masks overlap'
+        boxes = [a['bbox'] for a in anns]
+        overlapping_boxes += sum(
+            min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1])
+            for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert overlapping_boxes > 0, 'no two objects overlap: the instances kind must have occlusions'
+
+    ppdet_set = COCODataSet(dataset_dir=root, image_dir='images/train', anno_path='annotations/instances_train.json',
+                            data_fields=['image', 'gt_bbox', 'gt_class', 'gt_poly', 'is_crowd'])
+    ppdet_set.parse_dataset()
+    record = next(r for r in ppdet_set.roidbs if len(r['gt_poly']) >= 2)
+    sample = Poly2Mask()(dict(record, im_shape=[record['h'], record['w']]))
+    anns = [a for a in coco['annotations'] if a['image_id'] == int(record['im_id'][0])]
+    for got, ann in zip(sample['gt_segm'], anns):
+        np.testing.assert_array_equal(got, mask_util.decode(ann['segmentation']))
+
+
+def test_default_drawing_is_unchanged():
+    """The detection demo's images and masks, as they were drawn before `instances` existed (its figures depend on
+    them): a digest of the first six training images' pixels and objects."""
+    import hashlib
+    digest = hashlib.sha256()
+    for index in range(6):
+        image, objects = synthetic.render_image(0, 'train', index, 64)
+        digest.update(image.tobytes())
+        for category_id, colour, mask in objects:
+            digest.update(bytes([category_id]) + bytes(colour) + mask.tobytes())
+    assert digest.hexdigest() == '645d99ae2a220f0487f780450d4f2f2a5b38bbcffd13fd769b4255465d54560a'

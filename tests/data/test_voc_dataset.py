@@ -50,7 +50,7 @@ def voc_root(tmp_path_factory):
 def _config(tmp_path, voc_root, **overrides):
     """The light tiny model with configs/datasets/voc.yml as its dataset, on voc_root."""
     from ppdet_rtdetr.cli import apply_overrides
-    from ppdet_rtdetr.compat import resolve_device
+    from ppdet_rtdetr.device import resolve_device
     leaf = tmp_path / 'rtdetr_tiny_voc.yml'
     leaf.write_text("_BASE_: ['{}', '{}']\nnum_classes: {}\n".format(
         TINY_CFG, os.path.join(ROOT, 'configs', 'datasets', 'voc.yml'), len(LABELS)))

@@ -23,7 +23,7 @@ STEPS = 2
 def trainer(tmp_path_factory):
     from ppdet.engine import Trainer
 
-    from ppdet_rtdetr.compat import resolve_device
+    from ppdet_rtdetr.device import resolve_device
 
     data = make_shapes(str(tmp_path_factory.mktemp('optimizer_data')), num_train=4, num_val=1)
     cfg = fresh_config(TINY_CFG, use_ema=True,

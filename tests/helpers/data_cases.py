@@ -31,7 +31,7 @@ def write_json(path, data):
 def light_config(save_dir, data_root, train=None, val=None, **overrides):
     """The light tiny config on ``data_root``, with ``{attribute: value}`` set on the train / val datasets."""
     from ppdet_rtdetr.cli import apply_overrides
-    from ppdet_rtdetr.compat import resolve_device
+    from ppdet_rtdetr.device import resolve_device
     cfg = fresh_config(TINY_CFG, save_dir=str(save_dir), **LIGHT, **overrides)
     apply_overrides({
         'TrainDataset': dict(dataset_dir=data_root, image_dir='images/train', anno_path=TRAIN_ANN, **(train or {})),

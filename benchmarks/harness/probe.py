@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-__all__ = ['gemm_gflops', 'gemm_gflops_fresh', 'int8_gemm_gops', 'timed', 'stats_ms', 'machine', 'worker_env']
+__all__ = ['gemm_gflops', 'gemm_gflops_fresh', 'int8_gemm_gops', 'timed', 'stats_ms', 'machine', 'harness_env',
+           'worker_env']
 
 
 def _median_rate(fn, flops, repeats):
@@ -43,8 +44,9 @@ def gemm_gflops_fresh(n=2048):
     125 GFLOP/s on R18vd's worker), which would flatter the engine just measured."""
     import subprocess
     import sys
-    code = f'from ppdet_rtdetr.benchmark.probe import gemm_gflops; print(gemm_gflops({int(n)}))'
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    code = f'from harness.probe import gemm_gflops; print(gemm_gflops({int(n)}))'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                         env=harness_env()).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -105,9 +107,20 @@ def machine():
             'load_avg_1min_before': os.getloadavg()[0]}
 
 
+# benchmarks/, the folder that holds this package: workers import `harness` from it
+_HARNESS_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def harness_env(*first):
+    """This process's environment with `first` and benchmarks/ (which holds `harness`) first on PYTHONPATH: what a
+    child process that imports `harness` runs with."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([*first, _HARNESS_PARENT, os.environ.get('PYTHONPATH', '')]))
+
+
 def worker_env(threads, root):
-    """Environment of a worker process: `root` first on PYTHONPATH, every math library at `threads` threads."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]),
+    """Environment of a worker process: `root` and benchmarks/ first on PYTHONPATH, every math library at
+    `threads` threads."""
+    env = dict(harness_env(root),
                OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open('/proc/cpuinfo') as f:
         amd = 'AuthenticAMD' in f.read()

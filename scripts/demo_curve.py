@@ -1,6 +1,6 @@
 """Learning curve of a ppdet training log: COCO AP / AP50 after each evaluation vs. iterations and time.
 
-    python benchmarks/demo_curve.py --log output/demo/train.log --out output/demo/curve.json [--plot curve.png]
+    python scripts/demo_curve.py --log output/demo/train.log --out output/demo/curve.json [--plot curve.png]
 
 Reads the log that `tools/train.py --eval` writes (ppdet's iteration lines, its evaluation lines and
 pycocotools' summary). Each evaluation point has the seconds since the first logged iteration (`wall_s`) and

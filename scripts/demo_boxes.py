@@ -1,6 +1,6 @@
 """Count the boxes a detector draws above a score threshold against the ground truth, object by object.
 
-    python benchmarks/demo_boxes.py --anno dataset/shapes/annotations/instances_val.json \
+    python scripts/demo_boxes.py --anno dataset/shapes/annotations/instances_val.json \
         --pred output/demo/bbox.json --threshold 0.5 [--out boxes.json] [--images_in output/demo/samples]
 
 `--pred` is a COCO results file (what `tools/eval.py` / `--eval` write as bbox.json). Per image, the boxes at or

@@ -5,7 +5,7 @@ import os
 
 from conftest import ROOT
 
-_spec = importlib.util.spec_from_file_location('demo_boxes', os.path.join(ROOT, 'benchmarks', 'demo_boxes.py'))
+_spec = importlib.util.spec_from_file_location('demo_boxes', os.path.join(ROOT, 'scripts', 'demo_boxes.py'))
 demo_boxes = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo_boxes)
 

@@ -9,29 +9,40 @@ convolution kernels compute the same gradients 1.3-4x faster on R18vd's 3x3 laye
 - forward: Paddle's own ``conv2d`` kernel and the same bias add as ``nn.Conv2D``, so outputs and losses are
   bit-equal to the official model's;
 - backward: input and weight gradients from oneDNN (``dnnl.py``: the library inside the Paddle wheel),
-  equal to Paddle's up to float32 summation order (relative 1e-5 on weights; ``tests/engine/test_conv_grad.py``).
+  equal to Paddle's up to float32 summation order (relative 1e-5 on weights; ``tests/native/test_conv_grad.py``).
 Eligible: float32 NCHW, groups 1, explicit zero padding, a kernel larger than 1x1 (a 1x1 convolution is a
 GEMM without im2col in Paddle; oneDNN ran 0.8-1.5x as fast there, even overall). Any other call (another
 dtype, a tensor not on CPU) runs the layer's own forward; a geometry oneDNN refuses gets Paddle's gradients,
 with one warning.
+
+Before switching a model, ``use_onednn_conv_grads`` runs a self-check: the input and weight gradients of the
+model's first eligible convolution on a small random batch, from oneDNN and from Paddle's kernels. On any
+mismatch or oneDNN error the model keeps Paddle's kernels, with one warning saying why. The primitives of at
+most ``MAX_GEOMETRIES`` geometries are kept (least recently used first out, and destroyed), so multi-scale
+training does not grow memory with every input size.
 RTDETRTrainer switches the model in CPU training unless ``cpu_conv_grad: paddle`` (``TRAINER_KEY``).
 """
+import collections
 import types
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
 from ppdet.utils.logger import setup_logger
 
-from . import dnnl
+from . import onednn as dnnl
 
 logger = setup_logger(__name__)
 
-__all__ = ['TRAINER_KEY', 'CHOICES', 'check_choice', 'eligible', 'use_onednn_conv_grads', 'ConvGradPrimitives']
+__all__ = ['TRAINER_KEY', 'CHOICES', 'MAX_GEOMETRIES', 'check_choice', 'eligible', 'self_check', 'use_onednn_conv_grads',
+           'ConvGradPrimitives']
 
 TRAINER_KEY = 'cpu_conv_grad'
 CHOICES = ('onednn', 'paddle')
+# geometries whose primitives are kept (a detector has a few dozen; multi-scale training multiplies them)
+MAX_GEOMETRIES = 128
 
 
 def check_choice(value):
@@ -68,7 +79,7 @@ class _Operand(object):
         self.lib, self.into, self.slot = lib, into_primitive, slot
         self.user = dnnl.Memory(lib, plain_desc)
         self.inner, self.reorder = self.user, None
-        if not self.user.same_layout(chosen_desc):
+        if not lib.equal(plain_desc, chosen_desc):
             self.inner = dnnl.Memory(lib, chosen_desc)
             self.reorder = (lib.reorder(plain_desc, chosen_desc) if into_primitive
                             else lib.reorder(chosen_desc, plain_desc))
@@ -88,6 +99,13 @@ class _Operand(object):
         if self.reorder is not None:
             self.lib.execute(self.reorder, [(dnnl.ARG_SRC, self.inner), (dnnl.ARG_DST, self.user)])
 
+    def close(self):
+        """Destroys the memories and the reorder."""
+        self.user.close()
+        if self.reorder is not None:
+            self.inner.close()
+            self.lib.destroy('primitive', self.reorder)
+
 
 class ConvGradPrimitives(object):
     """oneDNN backward-data and backward-weights primitives of one convolution geometry (groups 1, float32).
@@ -101,30 +119,58 @@ class ConvGradPrimitives(object):
 
     def __init__(self, x_shape, w_shape, y_shape, stride, padding, dilation, lib=None):
         lib = lib or dnnl.library()
-        self.lib = lib
+        self.lib, self.x_shape, self.w_shape = lib, list(x_shape), list(w_shape)
+        self.data = self.weights = None
+        self._operands = []
         strides, dilates = dnnl.dims(stride), dnnl.dims([d - 1 for d in dilation])
         pad_l, pad_r = dnnl.dims([padding[0], padding[2]]), dnnl.dims([padding[1], padding[3]])
-        any_x, any_w, any_y = lib.any_desc(x_shape), lib.any_desc(w_shape), lib.any_desc(y_shape)
-        # the backward descriptors take a forward one as a hint of the layouts
-        forward = lib.create('dnnl_convolution_forward_primitive_desc_create', lib.engine, dnnl.PROP_FORWARD_TRAINING,
-                             dnnl.CONVOLUTION_DIRECT, any_x, any_w, None, any_y, strides, dilates, pad_l, pad_r, None)
-        data = lib.create('dnnl_convolution_backward_data_primitive_desc_create', lib.engine,
-                          dnnl.CONVOLUTION_DIRECT, any_x, any_w, any_y, strides, dilates, pad_l, pad_r, forward, None)
-        weights = lib.create('dnnl_convolution_backward_weights_primitive_desc_create', lib.engine,
-                             dnnl.CONVOLUTION_DIRECT, any_x, any_w, None, any_y, strides, dilates, pad_l, pad_r,
-                             forward, None)
-        plain_x, plain_w, plain_y = lib.plain_desc(x_shape), lib.plain_desc(w_shape), lib.plain_desc(y_shape)
-        self.data, self.weights = lib.primitive(data), lib.primitive(weights)
-        self.data_dy = _Operand(lib, plain_y, lib.query(data, dnnl.ARG_DIFF_DST), True, 0)
-        self.data_w = _Operand(lib, plain_w, lib.query(data, dnnl.ARG_WEIGHTS), True, 1)
-        self.data_dx = _Operand(lib, plain_x, lib.query(data, dnnl.ARG_DIFF_SRC), False, 2)
-        self.weights_x = _Operand(lib, plain_x, lib.query(weights, dnnl.ARG_SRC), True, 3)
-        self.weights_dy = _Operand(lib, plain_y, lib.query(weights, dnnl.ARG_DIFF_DST), True, 4)
-        self.weights_dw = _Operand(lib, plain_w, lib.query(weights, dnnl.ARG_DIFF_WEIGHTS), False, 5)
-        # both primitives usually want dy in one layout: reorder it once
-        self.share_dy = (self.data_dy.reorder is not None and
-                         self.data_dy.inner.same_layout(self.weights_dy.inner.desc))
-        self.x_shape, self.w_shape = list(x_shape), list(w_shape)
+        descs, primitive_descs = [], []  # destroyed once the primitives and memories exist (they keep copies)
+        try:
+            for make in (lib.any_desc, lib.plain_desc):
+                for shape in (x_shape, w_shape, y_shape):
+                    descs.append(make(shape))
+            any_x, any_w, any_y, plain_x, plain_w, plain_y = descs
+            # the backward descriptors take a forward one as a hint of the layouts
+            forward = lib.create('dnnl_convolution_forward_primitive_desc_create', lib.engine,
+                                 dnnl.PROP_FORWARD_TRAINING, dnnl.CONVOLUTION_DIRECT, any_x, any_w, None, any_y,
+                                 strides, dilates, pad_l, pad_r, None)
+            primitive_descs.append(forward)
+            data = lib.create('dnnl_convolution_backward_data_primitive_desc_create', lib.engine,
+                              dnnl.CONVOLUTION_DIRECT, any_x, any_w, any_y, strides, dilates, pad_l, pad_r, forward,
+                              None)
+            primitive_descs.append(data)
+            weights = lib.create('dnnl_convolution_backward_weights_primitive_desc_create', lib.engine,
+                                 dnnl.CONVOLUTION_DIRECT, any_x, any_w, None, any_y, strides, dilates, pad_l, pad_r,
+                                 forward, None)
+            primitive_descs.append(weights)
+            self.data, self.weights = lib.primitive(data), lib.primitive(weights)
+            for name, plain, primitive_desc, arg, into, slot in (
+                    ('data_dy', plain_y, data, dnnl.ARG_DIFF_DST, True, 0),
+                    ('data_w', plain_w, data, dnnl.ARG_WEIGHTS, True, 1),
+                    ('data_dx', plain_x, data, dnnl.ARG_DIFF_SRC, False, 2),
+                    ('weights_x', plain_x, weights, dnnl.ARG_SRC, True, 3),
+                    ('weights_dy', plain_y, weights, dnnl.ARG_DIFF_DST, True, 4),
+                    ('weights_dw', plain_w, weights, dnnl.ARG_DIFF_WEIGHTS, False, 5)):
+                operand = _Operand(lib, plain, lib.query(primitive_desc, arg), into, slot)
+                self._operands.append(operand)
+                setattr(self, name, operand)
+            # both primitives usually want dy in one layout: reorder it once
+            self.share_dy = (self.data_dy.reorder is not None and
+                             lib.equal(lib.query(data, dnnl.ARG_DIFF_DST), lib.query(weights, dnnl.ARG_DIFF_DST)))
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            lib.destroy('primitive_desc', *primitive_descs)
+            lib.destroy('memory_desc', *descs)
+
+    def close(self):
+        """Destroys the primitives and memories (the object is unusable after)."""
+        for operand in self._operands:
+            operand.close()
+        self._operands = []
+        self.lib.destroy('primitive', self.data, self.weights)
+        self.data = self.weights = None
 
     def __call__(self, x, weight, dy, need_dx=True, need_dw=True):
         alive, dx, dw = [], None, None
@@ -150,21 +196,29 @@ class ConvGradPrimitives(object):
         return dx, dw
 
 
-# geometry -> ConvGradPrimitives, or None where oneDNN refused it (Paddle's gradients then)
-_PRIMITIVES = {}
+# geometry -> ConvGradPrimitives, or None where oneDNN refused it (Paddle's gradients then); least recently
+# used first, at most MAX_GEOMETRIES entries
+_PRIMITIVES = collections.OrderedDict()
 
 
 def _primitives(x_shape, w_shape, y_shape, stride, padding, dilation):
     key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation))
-    if key not in _PRIMITIVES:
-        try:
-            _PRIMITIVES[key] = ConvGradPrimitives(x_shape, w_shape, y_shape, stride, padding, dilation)
-        except dnnl.DnnlError as e:
-            logger.warning('convolution x {} weight {} stride {} padding {} dilation {}: {}; its gradients use '
-                           'Paddle\'s kernels'.format(list(x_shape), list(w_shape), list(stride), list(padding),
-                                                       list(dilation), e))
-            _PRIMITIVES[key] = None
-    return _PRIMITIVES[key]
+    if key in _PRIMITIVES:
+        _PRIMITIVES.move_to_end(key)
+        return _PRIMITIVES[key]
+    try:
+        primitives = ConvGradPrimitives(x_shape, w_shape, y_shape, stride, padding, dilation)
+    except dnnl.DnnlError as e:
+        logger.warning('convolution x {} weight {} stride {} padding {} dilation {}: {}; its gradients use '
+                       'Paddle\'s kernels'.format(list(x_shape), list(w_shape), list(stride), list(padding),
+                                                   list(dilation), e))
+        primitives = None
+    _PRIMITIVES[key] = primitives
+    while len(_PRIMITIVES) > MAX_GEOMETRIES:
+        _, evicted = _PRIMITIVES.popitem(last=False)
+        if evicted is not None:
+            evicted.close()
+    return primitives
 
 
 def _paddle_grads(x, weight, dy, stride, padding, dilation):
@@ -229,14 +283,65 @@ def _forward(self, x):
     return y + self.bias.reshape([1, -1, 1, 1])
 
 
+def self_check(layer, rtol=1e-4):
+    """Compares oneDNN's input and weight gradients of `layer`'s geometry with Paddle's on a small random batch.
+
+    Args:
+        layer (nn.Conv2D): an eligible convolution; its weight is copied, not changed.
+        rtol (float): the largest error allowed, relative to the largest reference gradient (the two differ by
+            float32 summation order: ~1e-6).
+    Returns:
+        str|None: None if both gradients agree, else what differed.
+    Raises:
+        dnnl.DnnlError: oneDNN refused the geometry.
+    """
+    out_c, in_c, kh, kw = layer.weight.shape
+    rng = np.random.RandomState(0)
+    # a small odd, non-square map, large enough for the kernel with any stride and dilation of the layer
+    h, w = (2 * max(kh, kw) * max(layer._dilation) + 3,) * 2
+    x = paddle.to_tensor(rng.randn(2, in_c, h, w + 2).astype('float32'))
+    weight = paddle.to_tensor(layer.weight.numpy())
+    stride, padding, dilation = list(layer._stride), list(layer._updated_padding), list(layer._dilation)
+    y = F.conv2d(x, weight, None, stride, padding, dilation, 1, 'NCHW')
+    dy = paddle.to_tensor(rng.randn(*y.shape).astype('float32'))
+    primitives = ConvGradPrimitives(x.shape, weight.shape, y.shape, stride, _four_sided(padding), dilation)
+    try:
+        got = primitives(x, weight, dy)
+    finally:
+        primitives.close()
+    x.stop_gradient = weight.stop_gradient = False
+    with paddle.set_grad_enabled(True):
+        want = paddle.grad([F.conv2d(x, weight, None, stride, padding, dilation, 1, 'NCHW')], [x, weight], [dy])
+    for name, g, r in zip(('input', 'weight'), got, want):
+        g, r = g.numpy(), r.numpy()
+        err = float(np.abs(g - r).max() / max(float(np.abs(r).max()), 1e-30))
+        if not err <= rtol:  # also catches NaN
+            return '{} gradient differs from Paddle\'s by {:.3g} (relative; allowed {:g})'.format(name, err, rtol)
+    return None
+
+
 def use_onednn_conv_grads(model):
     """Switches every eligible nn.Conv2D in `model` to oneDNN gradients; returns how many.
+
+    First runs ``self_check`` on the first eligible layer: on a mismatch or a oneDNN error the model is left
+    unchanged, with one warning naming the layer and the reason, and 0 is returned.
 
     Raises:
         dnnl.DnnlUnavailable: Paddle's oneDNN library cannot be used (the model is left unchanged).
     """
     dnnl.library()
-    layers = [layer for layer in model.sublayers(include_self=True) if eligible(layer)]
+    named = [(name, layer) for name, layer in model.named_sublayers(include_self=True) if eligible(layer)]
+    if named:
+        name, first = named[0]
+        try:
+            problem = self_check(first)
+        except dnnl.DnnlError as e:
+            problem = str(e)
+        if problem is not None:
+            logger.warning('oneDNN convolution gradients failed their self-check on {} ({}): {}; training keeps '
+                           'Paddle\'s kernels'.format(name or type(first).__name__, type(first).__name__, problem))
+            return 0
+    layers = [layer for _, layer in named]
     for layer in layers:
         layer.forward = types.MethodType(_forward, layer)
     return len(layers)

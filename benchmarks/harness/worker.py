@@ -1,7 +1,7 @@
 """One engine at one batch size, in its own process (so that every engine gets a fresh allocator and thread
 pool and the math libraries see the thread count of the run); prints one `BENCHMARK {json}` line.
 
-    python -m ppdet_rtdetr.benchmark.worker --engine onnxruntime --model_dir D [--model_file F] --config C
+    python -m harness.worker --engine onnxruntime --model_dir D [--model_file F] --config C
         --weights W --image_shape 3 H W [--batch_size 1 --cpu_threads 2 --warmup 3 --runs 10 --profile] [-o k=v]
 """
 import argparse

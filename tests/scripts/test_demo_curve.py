@@ -6,7 +6,7 @@ import sys
 
 from conftest import ROOT
 
-SCRIPT = os.path.join(ROOT, 'benchmarks', 'demo_curve.py')
+SCRIPT = os.path.join(ROOT, 'scripts', 'demo_curve.py')
 # Two epochs; the first evaluation's inference took 20 / 2.0 = 10 s before its FPS line at 13:31:40 and ended
 # at 13:31:43 (13 s of evaluation); the second took 20 / 4.0 = 5 s and ended with its FPS line (no best line).
 LOG = """\

@@ -1,6 +1,8 @@
-"""oneDNN convolution gradients (ppdet_rtdetr/engine/conv_grad.py): gradients equal Paddle's own conv2d
+"""oneDNN convolution gradients (ppdet_rtdetr/native/conv_grad.py): gradients equal Paddle's own conv2d
 gradients up to float32 summation order, forward outputs bit-equal, only eligible layers switched, and
 RTDETRTrainer switches a CPU training model unless ``cpu_conv_grad: paddle``."""
+import collections
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -8,7 +10,9 @@ import pytest
 
 from helpers.data_cases import LogRecords, light_config, make_shapes
 
-from ppdet_rtdetr.engine import RTDETRTrainer, conv_grad, dnnl
+from ppdet_rtdetr.engine import RTDETRTrainer
+from ppdet_rtdetr.native import conv_grad
+from ppdet_rtdetr.native import onednn as dnnl
 
 
 def _paddle_grads(x, w, dy, stride, padding, dilation):
@@ -97,8 +101,6 @@ def test_a_geometry_onednn_refuses_gets_paddles_gradients(monkeypatch):
     def refuse(*args, **kwargs):
         raise dnnl.DnnlError('oneDNN dnnl_convolution_forward_primitive_desc_create returned unimplemented')
 
-    monkeypatch.setattr(conv_grad, 'ConvGradPrimitives', refuse)
-    monkeypatch.setattr(conv_grad, '_PRIMITIVES', {})
     paddle.seed(4)
     layer = paddle.nn.Conv2D(3, 5, 3, stride=2, padding=[1, 0])
     x = paddle.to_tensor(np.random.RandomState(5).rand(2, 3, 9, 11).astype('float32'))
@@ -107,8 +109,10 @@ def test_a_geometry_onednn_refuses_gets_paddles_gradients(monkeypatch):
     want = [x.grad.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy()]
     x.clear_gradient()
     layer.clear_gradients()
-    conv_grad.use_onednn_conv_grads(layer)
-    with LogRecords('ppdet_rtdetr.engine.conv_grad') as logs:
+    assert conv_grad.use_onednn_conv_grads(layer) == 1  # its self-check geometry passes
+    monkeypatch.setattr(conv_grad, 'ConvGradPrimitives', refuse)  # ... the training geometry does not
+    monkeypatch.setattr(conv_grad, '_PRIMITIVES', collections.OrderedDict())
+    with LogRecords('ppdet_rtdetr.native.conv_grad') as logs:
         (layer(x) ** 2).sum().backward()
         (layer(x) ** 2).sum().backward()  # the refusal is remembered: one warning
     got = [x.grad.numpy() / 2, layer.weight.grad.numpy() / 2, layer.bias.grad.numpy() / 2]
@@ -118,6 +122,73 @@ def test_a_geometry_onednn_refuses_gets_paddles_gradients(monkeypatch):
                                          "[1, 1, 0, 0] dilation [1, 1]: oneDNN "
                                          "dnnl_convolution_forward_primitive_desc_create returned unimplemented; "
                                          "its gradients use Paddle's kernels")]
+
+
+def test_self_check_mismatch_keeps_paddles_kernels(monkeypatch):
+    real_call = conv_grad.ConvGradPrimitives.__call__
+
+    def wrong_weight_gradient(self, *args, **kwargs):
+        dx, dw = real_call(self, *args, **kwargs)
+        return dx, dw * 1.01  # as a oneDNN build with another meaning of a constant might compute
+
+    monkeypatch.setattr(conv_grad.ConvGradPrimitives, '__call__', wrong_weight_gradient)
+    net = _Net()
+    with LogRecords('ppdet_rtdetr.native.conv_grad') as logs:
+        assert conv_grad.use_onednn_conv_grads(net) == 0
+    assert 'forward' not in vars(net.stem) and 'forward' not in vars(net.body), 'a layer was switched'
+    (level, message), = logs.messages
+    assert level == 'WARNING' and message.startswith(
+        'oneDNN convolution gradients failed their self-check on stem (Conv2D): weight gradient differs from '
+        "Paddle's by 0.01"), message
+    assert message.endswith("training keeps Paddle's kernels"), message
+
+
+def test_self_check_error_keeps_paddles_kernels(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise dnnl.DnnlError('oneDNN dnnl_convolution_backward_data_primitive_desc_create returned unimplemented')
+
+    monkeypatch.setattr(conv_grad, 'ConvGradPrimitives', refuse)
+    net = _Net()
+    with LogRecords('ppdet_rtdetr.native.conv_grad') as logs:
+        assert conv_grad.use_onednn_conv_grads(net) == 0
+    assert logs.messages == [('WARNING', 'oneDNN convolution gradients failed their self-check on stem (Conv2D): '
+                                         'oneDNN dnnl_convolution_backward_data_primitive_desc_create returned '
+                                         "unimplemented; training keeps Paddle's kernels")]
+
+
+def _rss_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096 / 2 ** 20
+
+
+def test_multi_scale_training_keeps_a_bounded_cache(monkeypatch):
+    """A multi-scale schedule cycles through input sizes, each a geometry: at most MAX_GEOMETRIES stay, every
+    evicted one is destroyed, and resident memory stays flat."""
+    monkeypatch.setattr(conv_grad, '_PRIMITIVES', collections.OrderedDict())
+    monkeypatch.setattr(conv_grad, 'MAX_GEOMETRIES', 4)
+    closed = []
+    real_close = conv_grad.ConvGradPrimitives.close
+
+    def close(self):
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(conv_grad.ConvGradPrimitives, 'close', close)
+    paddle.seed(5)
+    layer = paddle.nn.Conv2D(16, 16, 3, padding=1)
+    assert conv_grad.use_onednn_conv_grads(layer) == 1
+    rng, sizes, rss = np.random.RandomState(6), range(32, 54, 2), []
+    for _ in range(6):
+        for size in sizes:
+            x = paddle.to_tensor(rng.rand(1, 16, size, size + 4).astype('float32'))
+            x.stop_gradient = False
+            (layer(x) ** 2).sum().backward()
+        rss.append(_rss_mb())
+    assert len(conv_grad._PRIMITIVES) == 4
+    # the self-check's primitives, then every geometry built (11 per cycle: each was evicted before it came
+    # back) but the 4 kept
+    assert len(closed) == 1 + 6 * len(sizes) - 4 and all(p.data is None for p in closed)
+    assert rss[-1] - rss[1] < 5, 'resident memory grew from {:.1f} to {:.1f} MB'.format(rss[1], rss[-1])
 
 
 def test_choice_is_checked_by_name():
@@ -162,3 +233,14 @@ def test_trainer_without_onednn_trains_on_paddles_kernels(tmp_path, shapes4, mon
     assert _switched(trainer.model) == 0
     assert ('WARNING', "convolution gradients stay on Paddle's CPU kernels: no oneDNN library in this Paddle "
                        "build (test)") in logs.messages
+
+
+def test_an_untested_onednn_version_is_named(monkeypatch):
+    monkeypatch.setattr(dnnl, 'TESTED_VERSIONS', ((3, 99),))
+    monkeypatch.setattr(dnnl, '_LIBRARY', [])
+    with LogRecords('ppdet_rtdetr.native.onednn') as logs:
+        lib = dnnl.library()
+    version = lib.lib.dnnl_version().contents
+    (level, message), = logs.messages
+    assert level == 'WARNING' and 'is oneDNN {}.{}.{}, not among the versions these bindings were tested with ' \
+        '(3.99)'.format(version.major, version.minor, version.patch) in message, message

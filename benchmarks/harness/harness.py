@@ -65,9 +65,9 @@ def prepare(config, opt, image_shape, work_dir, onnx=True):
 
 def run_worker(engine, model_dir, image_shape, batch, cpu_threads, warmup=3, runs=10, gemm_size=2048, config=None,
                opt=None, weights=None, model_file=None, profile=False, int8_probe=False):
-    """Run ppdet_rtdetr.benchmark.worker in a fresh process; returns its result dict (RuntimeError with the
+    """Run harness.worker in a fresh process; returns its result dict (RuntimeError with the
     worker's stderr if it fails)."""
-    cmd = [sys.executable, '-m', 'ppdet_rtdetr.benchmark.worker', '--engine', engine, '--batch_size', str(batch),
+    cmd = [sys.executable, '-m', 'harness.worker', '--engine', engine, '--batch_size', str(batch),
            '--cpu_threads', str(cpu_threads), '--warmup', str(warmup), '--runs', str(runs), '--gemm_size',
            str(gemm_size), '--image_shape', *[str(s) for s in image_shape]]
     for flag, value in (('--model_dir', model_dir), ('--model_file', model_file), ('--config', config),

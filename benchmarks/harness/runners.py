@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from .probe import harness_env
+
 __all__ = ['ROOT', 'STAGES', 'load_deploy', 'dygraph_runner', 'engine_runner', 'ort_op_share', 'paddle_op_totals']
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -135,12 +137,13 @@ _PROFILE_ROW = re.compile(r'^(onednn_op|pd_op)\.(\S+)\s+\d+\s+([\d.]+)')
 def _paddle_profile_ms(model_dir, inputs, cpu_threads, mkldnn, runs):
     """{op type: total ms} from Paddle Inference's profile report of `runs` runs, in a fresh process (the
     report is printed by the C++ side at exit)."""
-    code = ('import sys, numpy as np; from ppdet_rtdetr.benchmark.runners import _profile_child; '
+    code = ('import sys, numpy as np; from harness.runners import _profile_child; '
             '_profile_child(sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5]))')
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(os.path.join(tmp, 'inputs.npz'), **inputs)
         proc = subprocess.run([sys.executable, '-c', code, model_dir, os.path.join(tmp, 'inputs.npz'),
-                               str(cpu_threads), '1' if mkldnn else '0', str(runs)], capture_output=True, text=True)
+                               str(cpu_threads), '1' if mkldnn else '0', str(runs)], capture_output=True, text=True,
+                              env=harness_env())
     totals = {}
     # the first table ("Event  Calls  Total ..."): top-level rows start at column 0, nested rows are indented
     for line in (proc.stdout + proc.stderr).split('Event Summary')[1].splitlines()[3:]:
