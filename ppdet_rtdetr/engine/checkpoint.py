@@ -75,6 +75,10 @@ def read_state(path):
         DamagedCheckpointError: the file differs from its manifest's record (names the file).
     """
     manifest.verify_file(path)
+    return _read_unverified(path)
+
+
+def _read_unverified(path):
     if path.endswith(safetensors_state.SUFFIX):
         return safetensors_state.load(path)
     return safe_load.load(path)
@@ -284,7 +288,7 @@ def _checkpoint_files(stem):
     return {role: stem + suffix for role, suffix in roles.items() if os.path.isfile(stem + suffix)}
 
 
-def load_checkpoint(model, path, optimizer, ema=None):
+def load_checkpoint(model, path, optimizer, ema=None, verify=True):
     """Restores a training checkpoint written by ``save_model``, as ppdet's ``load_weight`` does for resuming.
 
     Args:
@@ -294,22 +298,26 @@ def load_checkpoint(model, path, optimizer, ema=None):
         ema (ppdet.optimizer.ModelEMA|None): with a ``model`` file (``.pdema`` / ``.ema.safetensors``), the EMA
             weights are the weights file and the model's the ``model`` file (``save_model`` exchanges them);
             the EMA step is the scheduler's step.
+        verify (bool): check the files against the manifest first; False when ``resume_path`` just did
+            (hashing a R50vd checkpoint twice would cost a second read of every file).
     Returns:
         int: the number of finished epochs (``last_epoch`` of the optimizer state), where training continues.
     Raises:
         KeyError: naming the model keys the checkpoint lacks (another architecture or config).
-        DamagedCheckpointError: a file differs from the manifest (``read_state``).
+        DamagedCheckpointError: a file differs from the manifest (with ``verify``).
     """
+    if verify:
+        manifest.verify(path)
     files = _checkpoint_files(path)
     ema_state = None
     if ema is not None and 'model' in files:
-        ema_state, model_state = read_state(files['weights']), read_state(files['model'])
+        ema_state, model_state = _read_unverified(files['weights']), _read_unverified(files['model'])
     else:
-        model_state = read_state(files['weights'])
+        model_state = _read_unverified(files['weights'])
     _fill_every_weight(model, model_state, '--resume {}: the checkpoint'.format(path))
     logger.info('Finish resuming model weights: {}'.format(files['weights']))
 
-    optimizer_state = read_state(files['optimizer'])
+    optimizer_state = _read_unverified(files['optimizer'])
     last_epoch = optimizer_state.pop('last_epoch', 0)
     current = optimizer.state_dict()
     optimizer.set_state_dict(dict(current, **optimizer_state))

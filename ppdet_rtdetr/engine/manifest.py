@@ -30,7 +30,6 @@ FILES = {
 # longest first: '3.ema.safetensors' is checkpoint '3', not '3.ema'
 _ALL_SUFFIXES = sorted({s for roles in FILES.values() for s in roles.values()} | {SUFFIX}, key=len, reverse=True)
 _CHUNK = 1 << 20
-_memo = {}  # (path, size, mtime_ns, inode) -> sha256: a file verified on resume is not hashed again on load
 
 
 class DamagedCheckpointError(ValueError):
@@ -38,17 +37,14 @@ class DamagedCheckpointError(ValueError):
 
 
 def digest(path):
-    """``{'size': bytes, 'sha256': hex}`` of the file at ``path`` (read in 1 MB chunks; remembered while the file's
-    size, mtime and inode stay the same)."""
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if key not in _memo:
-        sha = hashlib.sha256()
-        with open(path, 'rb') as f:
-            for chunk in iter(lambda: f.read(_CHUNK), b''):
-                sha.update(chunk)
-        _memo[key] = sha.hexdigest()
-    return {'size': stat.st_size, 'sha256': _memo[key]}
+    """``{'size': bytes, 'sha256': hex}`` of the file at ``path`` (read in 1 MB chunks)."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b''):
+            sha.update(chunk)
+            size += len(chunk)
+    return {'size': size, 'sha256': sha.hexdigest()}
 
 
 def record(checkpoint_format, last_epoch, digests):

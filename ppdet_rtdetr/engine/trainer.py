@@ -91,8 +91,9 @@ class RTDETRTrainer(Trainer):
 
     def resume_weights(self, weights):
         path = checkpoint.resume_path(weights)
+        # resume_path has verified the checkpoint against its manifest
         self.start_epoch = checkpoint.load_checkpoint(self.model, path, self.optimizer,
-                                                      self.ema if self.use_ema else None)
+                                                      self.ema if self.use_ema else None, verify=False)
 
     def _on_amp_device(self):
         # ppdet's condition for auto_cast, GradScaler and the SyncBatchNorm conversion (Trainer.train)
