@@ -194,9 +194,10 @@ def _legacy_format(stem):
 
 
 def _recorded_epoch(stem):
-    """(last_epoch, its source) of a checkpoint, for ordering a folder: the manifest's, or for a legacy one
-    the name's (``N`` is saved after epoch N, as N + 1 finished epochs) or, for ``model_final``, the one in
-    its optimizer file. A damaged manifest orders by name (``model_final`` first): verifying it then fails."""
+    """The last_epoch of a checkpoint, for ordering a folder: the manifest's, or for a legacy one the name's
+    (``N`` is saved after epoch N, as N + 1 finished epochs) or, for ``model_final``, the one in its optimizer
+    file (None, with a warning, when that file cannot be read). A damaged manifest orders by name
+    (``model_final`` first): verifying it then fails, naming it."""
     name = os.path.basename(stem)
     try:
         record = manifest.read(stem)
@@ -209,7 +210,11 @@ def _recorded_epoch(stem):
     legacy = _legacy_format(stem)
     if legacy is None:
         return float('inf')
-    return int(read_state(stem + manifest.FILES[legacy]['optimizer']).get('last_epoch', 0))
+    try:
+        return int(read_state(stem + manifest.FILES[legacy]['optimizer']).get('last_epoch', 0))
+    except (ValueError, safe_load.UnsafeWeightsError) as e:  # WeightsFileError is a ValueError
+        logger.warning('skipping checkpoint {}: its epoch cannot be read ({})'.format(stem, e))
+        return None
 
 
 def _candidates(folder):
@@ -228,8 +233,8 @@ def _no_digest(stem):
 
 
 def _resume_from_folder(folder):
-    ordered = sorted(((_recorded_epoch(s), os.path.basename(s) == 'model_final', s) for s in _candidates(folder)),
-                     reverse=True)
+    epochs = [(_recorded_epoch(s), os.path.basename(s) == 'model_final', s) for s in _candidates(folder)]
+    ordered = sorted((e for e in epochs if e[0] is not None), reverse=True)
     if not ordered:
         raise IncompleteCheckpointError('--resume {}: no complete checkpoint (N.pdparams with N.pdopt, '
                                         'N.safetensors with N.opt.safetensors, or model_final) in this '

@@ -150,34 +150,28 @@ def _train(cfg, resume=None):
 
 
 def test_a_safetensors_checkpoint_resumes_exactly_like_the_pdparams_one(tmp_path):
-    """A run saves safetensors checkpoints; epoch 0's is converted to .pdparams / .pdopt; the second epoch
-    resumed from each ends with the same weights and optimizer state, bit for bit."""
+    """Two seeded one-epoch runs with EMA, one saving .pdparams / .pdema / .pdopt (paddle.save, read back by the
+    pickle loader), one saving safetensors; the second epoch resumed from each ends with the same weights, EMA
+    weights and optimizer state, bit for bit."""
     data = make_shapes(tmp_path / 'data')
-    _train(light_config(tmp_path / 'st', data, epoch=2, checkpoint_format='safetensors'))
-    run = tmp_path / 'st' / 'rtdetr_tiny'
-    assert checkpoint_files(run) == ['0.manifest.json', '0.opt.safetensors', '0.safetensors',
-                                     'model_final.manifest.json', 'model_final.opt.safetensors',
-                                     'model_final.safetensors']
-    legacy = tmp_path / 'pd'
-    legacy.mkdir()
-    for src, dst in (('0.safetensors', '0.pdparams'), ('0.opt.safetensors', '0.pdopt')):
-        assert _convert_main()([str(run / src), str(legacy / dst)]) == 0
-
-    # a crash before model_final's manifest: with -r FOLDER, epoch 0's is then the highest complete checkpoint
-    os.remove(run / 'model_final.manifest.json')
-    os.remove(run / 'model_final.opt.safetensors')
+    files = {'pdparams': ('.pdparams', '.pdema', '.pdopt'),
+             'safetensors': ('.safetensors', '.ema.safetensors', '.opt.safetensors')}
     finals = {}
-    for fmt, resume, suffixes in (('safetensors', str(run), ('.safetensors', '.opt.safetensors')),
-                                  ('pdparams', str(legacy / '0'), ('.pdparams', '.pdopt'))):
+    for fmt, suffixes in files.items():
+        run = tmp_path / fmt / 'rtdetr_tiny'
+        _train(light_config(tmp_path / fmt, data, epoch=1, checkpoint_format=fmt, use_ema=True))
+        assert checkpoint_files(run) == sorted('model_final' + s for s in suffixes + ('.manifest.json',))
         out = tmp_path / ('resumed_' + fmt)
-        trainer = _train(light_config(out, data, epoch=2, checkpoint_format=fmt), resume)
+        trainer = _train(light_config(out, data, epoch=2, checkpoint_format=fmt, use_ema=True), str(run))
         assert trainer.start_epoch == 1
         stem = str(out / 'rtdetr_tiny' / 'model_final')
         finals[fmt] = [checkpoint.read_state(stem + suffix) for suffix in suffixes]
-    (st_weights, st_opt), (pd_weights, pd_opt) = finals['safetensors'], finals['pdparams']
-    assert list(st_weights) == list(pd_weights) and list(st_opt) == list(pd_opt)
+    (st_weights, st_model, st_opt), (pd_weights, pd_model, pd_opt) = finals['safetensors'], finals['pdparams']
+    assert list(st_weights) == list(pd_weights) == list(st_model) and list(st_opt) == list(pd_opt)
     for key in st_weights:
         np.testing.assert_array_equal(st_weights[key].numpy(), pd_weights[key].numpy(), err_msg=key)
+        np.testing.assert_array_equal(st_model[key].numpy(), pd_model[key].numpy(), err_msg=key)
+    assert any(not np.array_equal(st_weights[k].numpy(), st_model[k].numpy()) for k in st_weights), 'EMA = model'
     for key, value in st_opt.items():
         if isinstance(value, paddle.Tensor):
             np.testing.assert_array_equal(value.numpy(), pd_opt[key].numpy(), err_msg=key)
