@@ -227,12 +227,13 @@ def _candidates(folder):
     return [s for s in stems if os.path.isfile(s + manifest.SUFFIX) or _legacy_format(s)]
 
 
-def _no_digest(stem):
-    logger.info('{}: no digest was recorded (a checkpoint written before manifests), so it is used '
+def _no_digest(stem, quiet):
+    if not quiet:
+        logger.info('{}: no digest was recorded (a checkpoint written before manifests), so it is used '
                 'unverified'.format(stem))
 
 
-def _resume_from_folder(folder):
+def _resume_from_folder(folder, quiet):
     epochs = [(_recorded_epoch(s), os.path.basename(s) == 'model_final', s) for s in _candidates(folder)]
     ordered = sorted((e for e in epochs if e[0] is not None), reverse=True)
     if not ordered:
@@ -243,22 +244,25 @@ def _resume_from_folder(folder):
     for epoch, _, stem in ordered:
         try:
             if manifest.verify(stem) is None:
-                _no_digest(stem)
+                _no_digest(stem, quiet)
         except DamagedCheckpointError as e:
             logger.warning('--resume {}: skipping checkpoint {}: {}'.format(folder, stem, e))
             damaged.append(str(e))
             continue
-        logger.info('Resuming from {}, the complete checkpoint with the highest recorded epoch ({}) in {}{}'.format(
-            stem, epoch, folder, ' (skipped damaged: {})'.format('; '.join(damaged)) if damaged else ''))
+        if not quiet:
+            logger.info('Resuming from {}, the complete checkpoint with the highest recorded epoch ({}) in {}{}'.format(
+                stem, epoch, folder, ' (skipped damaged: {})'.format('; '.join(damaged)) if damaged else ''))
         return stem
     raise DamagedCheckpointError('--resume {}: every checkpoint is damaged: {}'.format(folder, '; '.join(damaged)))
 
 
-def resume_path(path):
+def resume_path(path, quiet=False):
     """The checkpoint ``--resume path`` continues from.
 
     Args:
         path (str): a checkpoint (with or without one of its suffixes), or a folder of checkpoints.
+        quiet (bool): no info lines (which checkpoint, no digest recorded); warnings about damaged
+            checkpoints stay. For naming the last complete checkpoint without resuming.
 
     Returns:
         str: the checkpoint path without suffix. For a folder, the complete checkpoint (``N`` or
@@ -273,7 +277,7 @@ def resume_path(path):
             names the file. A checkpoint named explicitly is never replaced by another one.
     """
     if os.path.isdir(path):
-        return _resume_from_folder(path)
+        return _resume_from_folder(path, quiet)
     stem = manifest.file_stem(path)[0]
     if manifest.verify(stem) is not None:
         return stem
@@ -285,7 +289,7 @@ def resume_path(path):
         raise IncompleteCheckpointError('--resume {}: {} missing, so the checkpoint is incomplete. Resume '
                                         'from its folder to take the newest complete checkpoint.'.format(
                                             path, ' and '.join(absent)))
-    _no_digest(stem)
+    _no_digest(stem, quiet)
     return stem
 
 

@@ -76,7 +76,7 @@ def read(stem):
             manifest = json.loads(f.read().decode('utf-8'))
         files = manifest['files']
         valid = (manifest['checkpoint_format'] in FILES and isinstance(manifest['last_epoch'], int)
-                 and isinstance(files, dict) and 'weights' in files and all(
+                 and isinstance(files, dict) and {'weights', 'optimizer'} <= set(files) and all(
                      set(entry) == {'name', 'size', 'sha256'} and isinstance(entry['name'], str)
                      and os.path.basename(entry['name']) == entry['name'] for entry in files.values()))
     except (ValueError, KeyError, TypeError) as e:

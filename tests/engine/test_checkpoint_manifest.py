@@ -105,6 +105,9 @@ def test_resume_takes_the_highest_recorded_epoch_whatever_the_file_times(tmp_pat
         assert checkpoint.resume_path(str(copy)) == str(copy / '4')
     assert log.messages == [('INFO', 'Resuming from {}, the complete checkpoint with the highest recorded epoch '
                                      '(5) in {}'.format(copy / '4', copy))]
+    with LogRecords('ppdet_rtdetr.engine.checkpoint') as log:  # naming it without resuming (e.g. on SIGTERM)
+        assert checkpoint.resume_path(str(copy), quiet=True) == str(copy / '4')
+    assert log.messages == []
     os.remove(copy / '4.manifest.json')  # a crash before the manifest: 4's files are complete, as a legacy pair
     for name in ('4.pdparams', '4.pdopt'):
         os.remove(copy / name)
