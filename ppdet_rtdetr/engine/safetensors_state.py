@@ -34,6 +34,9 @@ SUFFIX = '.safetensors'
 TREE_KEY = 'ppdet_rtdetr.tree'
 _MAX_DEPTH = 16  # an optimizer state nests 3 deep; a deeper tree in a file is not one of ours
 _SCALARS = (bool, int, float, str, type(None))
+# the NumPy scalar types a state may hold, by dtype string: a file's string is looked up here, never parsed by numpy
+_NUMPY_SCALARS = {np.dtype(t).str: t for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                               np.uint32, np.uint64, np.float16, np.float32, np.float64)}
 
 
 def _encode(value, path, tensors, depth):
@@ -56,7 +59,7 @@ def _encode(value, path, tensors, depth):
     if isinstance(value, (list, tuple)):
         items = [_encode(v, path + [str(i)], tensors, depth + 1) for i, v in enumerate(value)]
         return {'tuple' if isinstance(value, tuple) else 'list': items}
-    if isinstance(value, np.generic) and value.dtype.kind in 'biuf':
+    if isinstance(value, np.generic) and value.dtype.str in _NUMPY_SCALARS:
         return {'numpy_scalar': value.dtype.str, 'value': value.item()}
     if isinstance(value, _SCALARS):
         return {'value': value}
@@ -114,7 +117,7 @@ class _Decoder(object):
 
     def tensor(self, node):
         key = node['tensor']
-        if key not in self.unused:
+        if not isinstance(key, str) or key not in self.unused:
             raise self.error('tensor {!r} is not in the file, or is used twice'.format(key))
         self.unused.discard(key)
         value = self.handle.get_tensor(key)
@@ -125,13 +128,12 @@ class _Decoder(object):
         return value
 
     def numpy_scalar(self, dtype, value):
-        try:
-            dtype = np.dtype(dtype)
-        except TypeError:
-            raise self.error('dtype {!r}'.format(dtype)) from None
-        if dtype.kind not in 'biuf' or not isinstance(value, (bool, int, float)):
-            raise self.error('numpy scalar {!r} of dtype {}'.format(value, dtype))
-        return dtype.type(value)
+        if not isinstance(dtype, str) or dtype not in _NUMPY_SCALARS or not isinstance(value, (bool, int, float)):
+            raise self.error('numpy scalar {!r} of dtype {!r}'.format(value, dtype)[:200])
+        scalar = _NUMPY_SCALARS[dtype](value)
+        if scalar.item() != value and value == value:  # NaN is never equal to itself
+            raise self.error('{!r} does not fit {}'.format(value, dtype))  # numpy 1.x would wrap it around
+        return scalar
 
 
 def load(path):
@@ -148,8 +150,9 @@ def load(path):
                 return {key: handle.get_tensor(key) for key in handle.keys()}
             try:
                 tree = json.loads(tree)
-            except ValueError as e:
-                raise WeightsFileError('{}: the {} metadata is not JSON ({})'.format(path, TREE_KEY, e)) from None
+            except (ValueError, RecursionError) as e:  # json's own nesting limit
+                raise WeightsFileError('{}: the {} metadata is not JSON ({}: {})'.format(
+                    path, TREE_KEY, type(e).__name__, e)) from None
             return _Decoder(path, handle).node(tree, 0)
     except (SafetensorError, OSError) as e:
         raise WeightsFileError('{}: not a readable safetensors file, truncated or corrupt ({}: {})'.format(

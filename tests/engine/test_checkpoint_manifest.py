@@ -2,6 +2,7 @@
 named, never loaded; -r FOLDER takes the highest recorded epoch (not the newest file) and skips a damaged
 checkpoint with a warning; checkpoints written before manifests still resume."""
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import TINY_CFG, fresh_config
+from conftest import ROOT, TINY_CFG, fresh_config
 from helpers.data_cases import LogRecords, checkpoint_files
 
 from ppdet_rtdetr.engine import checkpoint, pretrain
@@ -34,6 +35,14 @@ def _damage(path):
     with open(path, 'r+b') as f:
         f.seek(size // 2 - 2048)
         f.write(b'\xff' * 4096)
+
+
+def _convert(src, dst):
+    """tools/convert_weights.py's convert(src, dst)."""
+    spec = importlib.util.spec_from_file_location('convert_weights', os.path.join(ROOT, 'tools', 'convert_weights.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.convert(src, dst)
 
 
 def _sha256(path):
@@ -65,7 +74,8 @@ def test_a_damaged_file_is_named_and_never_loaded(tmp_path):
                  lambda: checkpoint.resume_path(stem + '.pdopt'),
                  lambda: checkpoint.load_checkpoint(layer, stem, optimizer),
                  lambda: checkpoint.load_model_weights(layer, stem),  # export / weights:
-                 lambda: pretrain.load_pretrain_weight(layer, stem + '.pdparams')):
+                 lambda: pretrain.load_pretrain_weight(layer, stem + '.pdparams'),
+                 lambda: _convert(stem + '.pdparams', str(tmp_path / 'shared.safetensors'))):
         with pytest.raises(checkpoint.DamagedCheckpointError) as error:
             load()
         assert str(error.value) == expected

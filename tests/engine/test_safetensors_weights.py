@@ -178,3 +178,20 @@ def test_a_safetensors_checkpoint_resumes_exactly_like_the_pdparams_one(tmp_path
         else:
             assert value == pd_opt[key], key
     assert st_opt['last_epoch'] == 2 and st_opt['LR_Scheduler']['last_epoch'] == pd_opt['LR_Scheduler']['last_epoch']
+
+
+@pytest.mark.parametrize('tree, why', [
+    ('{"dict": [["a", {"numpy_scalar": "|O", "value": 1}]]}', "numpy scalar 1 of dtype '|O'"),
+    ('{"dict": [["a", {"numpy_scalar": "|i1", "value": 1000}]]}', '1000 does not fit |i1'),
+    ('{"dict": [["a", {"tensor": ["a"]}]]}', "tensor ['a'] is not in the file, or is used twice"),
+    ('{"dict": [["a", {"call": "os.system"}]]}', "node {'call': 'os.system'}"),
+    ('{"list": [' * 20 + ']}' * 20, 'nested deeper than 16 levels'),
+])
+def test_metadata_that_save_does_not_write_is_refused(tmp_path, tree, why):
+    from safetensors.paddle import save_file
+    path = str(tmp_path / 'odd.safetensors')
+    save_file({'a': paddle.ones([2])}, path, metadata={safetensors_state.TREE_KEY: tree})
+    with pytest.raises(safe_load.WeightsFileError) as error:
+        safetensors_state.load(path)
+    assert str(error.value) == '{}: not a valid ppdet_rtdetr.tree entry in the safetensors metadata ({})'.format(
+        path, why)
