@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 
-import ppdet_rtdetr  # noqa: F401  (registers modules)
 from ppdet_rtdetr.engine import checkpoint, manifest, safe_load, safetensors_state
 
 PICKLES = ('.pdparams', '.pdema', '.pdopt')

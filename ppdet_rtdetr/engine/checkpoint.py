@@ -13,17 +13,14 @@ cache), and only then renames the files into place with ``os.replace`` (atomic o
 state last; then it writes ``<name>.manifest.json`` the same way (``manifest``: format, ``last_epoch``, each
 file's name, size and sha256). A file under a checkpoint's final name is therefore always complete; a crash
 before the renames leaves the previous checkpoints as they were (plus a hidden ``.<name>.*.tmp`` file, which
-nothing reads). Formats (``checkpoint_format``): ``pdparams`` (ppdet's ``.pdparams`` / ``.pdema`` /
-``.pdopt``) or ``safetensors`` (``.safetensors`` / ``.ema.safetensors`` / ``.opt.safetensors``,
-``safetensors_state``).
+nothing reads). ``checkpoint_format``: ``pdparams`` (ppdet's files) or ``safetensors`` (``manifest.FILES``).
 
 ``resume_path`` is what ``RTDETRTrainer.resume_weights`` resolves ``--resume`` with: a checkpoint (verified
 against its manifest: a damaged file is an error naming it), or a folder, meaning its complete checkpoint
 with the highest recorded epoch that verifies (a damaged one is skipped with a warning naming it);
 ``load_checkpoint`` then reads it. Every weights file the trainer reads (here and in ``pretrain``) goes
 through ``read_state``: ``.safetensors`` through ``safetensors_state``, pickles through ``safe_load.load`` (a
-pickle that is not only data is refused before anything of it runs), each file checked against the
-manifest beside it when that manifest lists it.
+pickle that is not only data is refused before anything of it runs), checked against a manifest listing it.
 """
 import json
 import os

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file as numpy_load_file
 
 from conftest import ROOT, TINY_CFG, build_from_config
 from helpers.data_cases import LIGHT, checkpoint_files, light_config, make_shapes
-from helpers.payloads import Call, payloads, write_pickle
+from helpers.payloads import payloads, write_pickle
 
 from ppdet_rtdetr.engine import checkpoint, pretrain, safe_load, safetensors_state
 from ppdet_rtdetr.engine.seed import seed_everything
