@@ -24,6 +24,8 @@ setup(
         'setuptools<81',
         'scipy',
         'pyyaml',
+        # .safetensors weights and checkpoints (docs/weights.md); 0.8 reads and writes Paddle tensors
+        'safetensors>=0.8',
     ],
     extras_require={
         'cpu': ['paddlepaddle==3.3.1'],

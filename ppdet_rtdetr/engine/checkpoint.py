@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints: atomic writes, and resuming from the newest complete checkpoint.
+"""Checkpoints you can trust: atomic writes, a manifest of digests, resuming from the highest complete epoch.
 
 What ``RTDETRTrainer`` (``ppdet_rtdetr.engine.trainer``) saves and resumes with; ppdet's own Trainer is left
 as it is.
@@ -7,19 +7,25 @@ ppdet 2.6.0's ``save_model`` writes ``<name>.pdparams`` (+ ``.pdema``) and ``<na
 run killed while saving (preemption, out of disk, OOM killer) leaves truncated files under the final name,
 and ``--resume`` then fails to unpickle them or, when ``.pdopt`` is missing, silently restarts at epoch 0.
 
-``save_model`` here has ppdet's signature. It writes every file of a checkpoint to a temporary file in the
-same folder, fsyncs them, and only then renames them into place with ``os.replace`` (atomic on POSIX),
-``.pdopt`` last. A file under a checkpoint's final name is therefore always complete, and a checkpoint is
-complete when its ``.pdopt`` is there. A crash before the renames leaves the previous checkpoints as they
-were (plus a hidden ``.<name>.*.tmp`` file, which nothing reads).
+``save_model`` here has ppdet's signature (plus ``checkpoint_format``). It writes every file of a checkpoint
+to a temporary file in the same folder, fsyncs it and hashes it (sha256, read back once from the page
+cache), and only then renames the files into place with ``os.replace`` (atomic on POSIX), the optimizer
+state last; then it writes ``<name>.manifest.json`` the same way (``manifest``: format, ``last_epoch``, each
+file's name, size and sha256). A file under a checkpoint's final name is therefore always complete; a crash
+before the renames leaves the previous checkpoints as they were (plus a hidden ``.<name>.*.tmp`` file, which
+nothing reads). ``checkpoint_format``: ``pdparams`` (ppdet's files) or ``safetensors`` (``manifest.FILES``).
 
-``resume_path`` is what ``RTDETRTrainer.resume_weights`` resolves ``--resume`` with: a checkpoint path, or a
-folder, meaning the newest complete checkpoint in it; ``load_checkpoint`` then reads it. Every weights file
-the trainer reads (here and in ``pretrain``) goes through ``read_state``, the one place that unpickles, with
-``safe_load.load``: a pickle that is not only data is refused before anything of it runs.
+``resume_path`` is what ``RTDETRTrainer.resume_weights`` resolves ``--resume`` with: a checkpoint (verified
+against its manifest: a damaged file is an error naming it), or a folder, meaning its complete checkpoint
+with the highest recorded epoch that verifies (a damaged one is skipped with a warning naming it);
+``load_checkpoint`` then reads it. Every weights file the trainer reads (here and in ``pretrain``) goes
+through ``read_state``: ``.safetensors`` through ``safetensors_state``, pickles through ``safe_load.load`` (a
+pickle that is not only data is refused before anything of it runs), checked against a manifest listing it.
 """
+import json
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import paddle
 import paddle.distributed as dist
@@ -29,48 +35,84 @@ from ppdet.utils.checkpoint import is_url
 from ppdet.utils.download import get_weights_path
 from ppdet.utils.logger import setup_logger
 
-from . import safe_load
+from . import manifest, safe_load, safetensors_state
+from .manifest import DamagedCheckpointError
 
 logger = setup_logger(__name__)
 
-__all__ = ['IncompleteCheckpointError', 'AtomicCheckpointer', 'load_checkpoint', 'load_model_weights', 'read_state',
-           'resume_path', 'save_atomic', 'save_model']
+__all__ = ['CONFIG_KEY', 'DamagedCheckpointError', 'IncompleteCheckpointError', 'AtomicCheckpointer',
+           'check_format', 'load_checkpoint', 'load_model_weights', 'read_state', 'resume_path', 'save_atomic',
+           'save_model', 'weights_file']
+
+CONFIG_KEY = 'checkpoint_format'
+DEFAULT_FORMAT = 'pdparams'
 
 
 class IncompleteCheckpointError(FileNotFoundError):
     """--resume names a checkpoint without its optimizer state, or a folder without any checkpoint."""
 
 
-def read_state(path):
-    """The object saved in ``path`` (a ``.pdparams`` / ``.pdopt`` / ``.pdema`` file): the one weights reader.
+def check_format(value):
+    """Raises ValueError naming ``checkpoint_format`` and ``value`` unless it is one of ``manifest.FILES``."""
+    if value not in manifest.FILES:
+        raise ValueError('{}: {!r} is not a checkpoint format; use one of {}'.format(
+            CONFIG_KEY, value, ', '.join(sorted(manifest.FILES))))
 
-    ``safe_load.load``: what ``paddle.load`` gives for a genuine file; a pickle that names anything but data
-    (``os.system``, ...) raises ``safe_load.UnsafeWeightsError`` naming the file and the global, nothing of it
-    run (``allow_unsafe_weights: true`` hands a trusted file to ``paddle.load``, with a warning).
+
+def read_state(path):
+    """The object saved in ``path`` (a ``.pdparams`` / ``.pdopt`` / ``.pdema`` / ``.safetensors`` file): the one
+    weights reader.
+
+    ``.safetensors``: ``safetensors_state.load``. Otherwise ``safe_load.load``: what ``paddle.load`` gives for a
+    genuine file; a pickle that names anything but data (``os.system``, ...) raises
+    ``safe_load.UnsafeWeightsError`` naming the file and the global, nothing of it run
+    (``allow_unsafe_weights: true`` hands a trusted file to ``paddle.load``, with a warning). When the
+    checkpoint manifest beside the file lists it, the file is verified first.
+
+    Raises:
+        DamagedCheckpointError: the file differs from its manifest's record (names the file).
     """
+    manifest.verify_file(path)
+    return _read_unverified(path)
+
+
+def _read_unverified(path):
+    if path.endswith(safetensors_state.SUFFIX):
+        return safetensors_state.load(path)
     return safe_load.load(path)
 
 
+def _write(obj, temp, path):
+    """Writes ``obj`` to ``temp`` in the format of ``path``'s suffix."""
+    if path.endswith(safetensors_state.SUFFIX):
+        safetensors_state.save(obj, temp)
+    elif path.endswith('.json'):
+        with open(temp, 'w') as f:
+            json.dump(obj, f, indent=1)
+    else:
+        paddle.save(obj, temp)
+
+
 def _write_temp(obj, path):
-    """paddle.save(obj) into a fsynced temporary file beside ``path``; returns the temporary path."""
+    """Writes ``obj`` into a fsynced temporary file beside ``path``; returns the temporary path."""
     folder, name = os.path.split(path)
-    # a fresh name rather than mkstemp: paddle.save creates the file, so it gets the umask's mode, not 0600
+    # a fresh name rather than mkstemp: the writer creates the file, so it gets the umask's mode, not 0600
     temp = os.path.join(folder, '.{}.{}.tmp'.format(name, uuid.uuid4().hex[:12]))
     try:
-        paddle.save(obj, temp)
+        _write(obj, temp, path)
         with open(temp, 'rb+') as f:
             os.fsync(f.fileno())
+        return temp
     except BaseException:
         if os.path.exists(temp):
             os.remove(temp)
         raise
-    return temp
 
 
 def _fsync_dir(folder):
     # makes the renames themselves durable; directories cannot be opened for fsync on Windows
     if os.name == 'posix':
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(folder or '.', os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -78,15 +120,24 @@ def _fsync_dir(folder):
 
 
 def save_atomic(files):
-    """Writes ``{path: object}`` with paddle.save so that each path holds either its old or its new file.
+    """Writes ``{path: object}`` so that each path holds either its old or its new file.
 
-    All objects are written and fsynced to temporary files first; the renames follow in the given order.
-    On any error the temporary files are removed and the error is raised.
+    The writer goes by the path's suffix: ``.safetensors`` ``safetensors_state.save``, ``.json`` JSON, else
+    ``paddle.save``. All objects are written, fsynced and hashed into temporary files first; the renames
+    follow in the given order. On any error the temporary files are removed and the error is raised.
+    Each file is hashed once, read back from the page cache by a thread while the next one is written
+    (hashlib releases the GIL); the measured cost is in docs/weights.md.
+
+    Returns:
+        dict: ``{path: {'size': bytes, 'sha256': hex}}`` of the files written.
     """
-    temps = {}
+    temps, hashing = {}, {}
     try:
-        for path, obj in files.items():
-            temps[path] = _write_temp(obj, path)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # leaving it waits for every hash, also on an error
+            for path, obj in files.items():
+                temps[path] = _write_temp(obj, path)
+                hashing[path] = pool.submit(manifest.digest, temps[path])
+        digests = {path: future.result() for path, future in hashing.items()}
         for path, temp in list(temps.items()):
             os.replace(temp, path)
             del temps[path]
@@ -94,10 +145,11 @@ def save_atomic(files):
         for temp in temps.values():
             os.remove(temp)
     _fsync_dir(os.path.dirname(next(iter(files))))
+    return digests
 
 
-def save_model(model, optimizer, save_dir, save_name, last_epoch, ema_model=None):
-    """ppdet's ``save_model``, written atomically (see the module docstring).
+def save_model(model, optimizer, save_dir, save_name, last_epoch, ema_model=None, checkpoint_format=DEFAULT_FORMAT):
+    """ppdet's ``save_model``, written atomically with a manifest (see the module docstring).
 
     Args:
         model (dict): the model state dict.
@@ -105,86 +157,178 @@ def save_model(model, optimizer, save_dir, save_name, last_epoch, ema_model=None
         save_dir (str): folder, created if needed.
         save_name (str): file stem, e.g. ``'3'`` or ``'model_final'``.
         last_epoch (int): the number of finished epochs (what ``--resume`` continues from).
-        ema_model (dict|None): EMA weights; saved as ``.pdparams`` with ``model`` as ``.pdema``, as ppdet.
+        ema_model (dict|None): EMA weights; saved as the weights file with ``model`` as the ``model`` file
+            (``.pdema`` / ``.ema.safetensors``), as ppdet.
+        checkpoint_format (str): ``'pdparams'`` or ``'safetensors'`` (``manifest.FILES``).
+    Raises:
+        ValueError: another ``checkpoint_format``.
     """
+    check_format(checkpoint_format)
     if paddle.distributed.get_rank() != 0:
         return
     os.makedirs(save_dir, exist_ok=True)
     stem = os.path.join(save_dir, save_name)
-    files = {stem + '.pdparams': model if ema_model is None else ema_model}
+    names = {role: stem + suffix for role, suffix in manifest.FILES[checkpoint_format].items()}
+    objects = {'weights': model if ema_model is None else ema_model}
     if ema_model is not None:
-        files[stem + '.pdema'] = model
+        objects['model'] = model
     state = optimizer.state_dict()
     state['last_epoch'] = last_epoch
-    files[stem + '.pdopt'] = state  # last: its presence marks the checkpoint complete
-    save_atomic(files)
+    objects['optimizer'] = state  # last of the data files
+    digests = save_atomic({names[role]: obj for role, obj in objects.items()})
+    record = manifest.record(checkpoint_format, last_epoch, {role: (names[role], digests[names[role]])
+                                                             for role in objects})
+    save_atomic({stem + manifest.SUFFIX: record})  # last: a checkpoint with a manifest has all its files
     logger.info('Save checkpoint: {}'.format(save_dir))
 
 
-def _epoch_order(stem):
+def _legacy_format(stem):
+    """The format whose weights and optimizer files both exist for ``stem`` (pdparams first), else None."""
+    for name, roles in manifest.FILES.items():
+        if os.path.isfile(stem + roles['weights']) and os.path.isfile(stem + roles['optimizer']):
+            return name
+    return None
+
+
+def _recorded_epoch(stem):
+    """The last_epoch of a checkpoint, for ordering a folder: the manifest's, or for a legacy one the name's
+    (``N`` is saved after epoch N, as N + 1 finished epochs) or, for ``model_final``, the one in its optimizer
+    file (None, with a warning, when that file cannot be read). A damaged manifest orders by name
+    (``model_final`` first): verifying it then fails, naming it."""
     name = os.path.basename(stem)
-    return float('inf') if name == 'model_final' else int(name)
+    try:
+        record = manifest.read(stem)
+    except DamagedCheckpointError:
+        record = None
+    if record is not None:
+        return record['last_epoch']
+    if name.isdigit():
+        return int(name) + 1
+    legacy = _legacy_format(stem)
+    if legacy is None:
+        return float('inf')
+    try:
+        return int(read_state(stem + manifest.FILES[legacy]['optimizer']).get('last_epoch', 0))
+    except (ValueError, safe_load.UnsafeWeightsError) as e:  # WeightsFileError is a ValueError
+        logger.warning('skipping checkpoint {}: its epoch cannot be read ({})'.format(stem, e))
+        return None
 
 
-def resume_path(path):
+def _candidates(folder):
+    """The stems of ``N`` / ``model_final`` checkpoints in ``folder`` with a manifest or a legacy file pair."""
+    stems = set()
+    for f in os.listdir(folder):
+        stem, suffix = manifest.file_stem(f)
+        if suffix and (stem.isdigit() or stem == 'model_final'):
+            stems.add(os.path.join(folder, stem))
+    return [s for s in stems if os.path.isfile(s + manifest.SUFFIX) or _legacy_format(s)]
+
+
+def _no_digest(stem, quiet):
+    if not quiet:
+        logger.info('{}: no digest was recorded (a checkpoint written before manifests), so it is used '
+                'unverified'.format(stem))
+
+
+def _resume_from_folder(folder, quiet):
+    epochs = [(_recorded_epoch(s), os.path.basename(s) == 'model_final', s) for s in _candidates(folder)]
+    ordered = sorted((e for e in epochs if e[0] is not None), reverse=True)
+    if not ordered:
+        raise IncompleteCheckpointError('--resume {}: no complete checkpoint (N.pdparams with N.pdopt, '
+                                        'N.safetensors with N.opt.safetensors, or model_final) in this '
+                                        'folder'.format(folder))
+    damaged = []
+    for epoch, _, stem in ordered:
+        try:
+            if manifest.verify(stem) is None:
+                _no_digest(stem, quiet)
+        except DamagedCheckpointError as e:
+            logger.warning('--resume {}: skipping checkpoint {}: {}'.format(folder, stem, e))
+            damaged.append(str(e))
+            continue
+        if not quiet:
+            logger.info('Resuming from {}, the complete checkpoint with the highest recorded epoch ({}) in {}{}'.format(
+                stem, epoch, folder, ' (skipped damaged: {})'.format('; '.join(damaged)) if damaged else ''))
+        return stem
+    raise DamagedCheckpointError('--resume {}: every checkpoint is damaged: {}'.format(folder, '; '.join(damaged)))
+
+
+def resume_path(path, quiet=False):
     """The checkpoint ``--resume path`` continues from.
 
     Args:
-        path (str): a checkpoint (with or without a suffix), or a folder of checkpoints.
+        path (str): a checkpoint (with or without one of its suffixes), or a folder of checkpoints.
+        quiet (bool): no info lines (which checkpoint, no digest recorded); warnings about damaged
+            checkpoints stay. For naming the last complete checkpoint without resuming.
 
     Returns:
         str: the checkpoint path without suffix. For a folder, the complete checkpoint (``N`` or
-        ``model_final``, with both ``.pdparams`` and ``.pdopt``) whose ``.pdopt`` was written last; ties go
-        to the higher epoch. ``best_model`` is not a resume point: its weights may be EMA ones.
+        ``model_final``: a manifest, or a legacy weights + optimizer pair) with the highest recorded epoch
+        (manifest's ``last_epoch``, not file times) that verifies; a damaged one is skipped with a warning
+        naming its file. ``best_model`` is not a resume point: its weights may be EMA ones.
 
     Raises:
-        IncompleteCheckpointError: if the checkpoint lacks ``.pdparams`` or ``.pdopt``, or the folder
-            holds no complete checkpoint.
+        IncompleteCheckpointError: if the checkpoint lacks its weights or optimizer file, or the folder holds
+            no complete checkpoint.
+        DamagedCheckpointError: the named checkpoint (or every one in the folder) differs from its manifest;
+            names the file. A checkpoint named explicitly is never replaced by another one.
     """
     if os.path.isdir(path):
-        names = [f[:-len('.pdopt')] for f in os.listdir(path) if f.endswith('.pdopt')]
-        stems = [os.path.join(path, n) for n in names if n.isdigit() or n == 'model_final']
-        stems = [s for s in stems if os.path.isfile(s + '.pdparams')]
-        if not stems:
-            raise IncompleteCheckpointError('--resume {}: no complete checkpoint (N.pdparams with N.pdopt, or '
-                                            'model_final) in this folder'.format(path))
-        chosen = max(stems, key=lambda s: (os.path.getmtime(s + '.pdopt'), _epoch_order(s)))
-        logger.info('Resuming from {}, the newest complete checkpoint in {}'.format(chosen, path))
-        return chosen
-    stem, ext = os.path.splitext(path)
-    stem = stem if ext in ('.pdparams', '.pdopt', '.pdema') else path
-    absent = [s for s in ('.pdparams', '.pdopt') if not os.path.isfile(stem + s)]
-    if absent:
-        # without .pdopt ppdet's load_weight would restart at epoch 0 with a fresh optimizer
+        return _resume_from_folder(path, quiet)
+    stem = manifest.file_stem(path)[0]
+    if manifest.verify(stem) is not None:
+        return stem
+    if _legacy_format(stem) is None:
+        # without the optimizer state ppdet's load_weight would restart at epoch 0 with a fresh optimizer
+        st = manifest.FILES['safetensors']
+        roles = st if any(os.path.isfile(stem + s) for s in st.values()) else manifest.FILES['pdparams']
+        absent = [stem + roles[r] for r in ('weights', 'optimizer') if not os.path.isfile(stem + roles[r])]
         raise IncompleteCheckpointError('--resume {}: {} missing, so the checkpoint is incomplete. Resume '
                                         'from its folder to take the newest complete checkpoint.'.format(
-                                            path, ' and '.join(stem + s for s in absent)))
+                                            path, ' and '.join(absent)))
+    _no_digest(stem, quiet)
     return stem
 
 
-def load_checkpoint(model, path, optimizer, ema=None):
+def _checkpoint_files(stem):
+    """{role: path} of checkpoint ``stem``: from its manifest, else the legacy pair (and its model file)."""
+    record = manifest.read(stem)
+    if record is not None:
+        return {role: os.path.join(os.path.dirname(stem), e['name']) for role, e in record['files'].items()}
+    roles = manifest.FILES[_legacy_format(stem) or DEFAULT_FORMAT]
+    return {role: stem + suffix for role, suffix in roles.items() if os.path.isfile(stem + suffix)}
+
+
+def load_checkpoint(model, path, optimizer, ema=None, verify=True):
     """Restores a training checkpoint written by ``save_model``, as ppdet's ``load_weight`` does for resuming.
 
     Args:
         model (paddle.nn.Layer): every one of its state-dict keys must be in the checkpoint.
-        path (str): checkpoint path without suffix (``resume_path`` gives it).
-        optimizer (paddle.optimizer.Optimizer): gets ``<path>.pdopt`` (keys it lacks keep their values).
-        ema (ppdet.optimizer.ModelEMA|None): with a ``<path>.pdema``, the EMA weights are ``.pdparams`` and the
-            model's are ``.pdema`` (``save_model`` exchanges them); the EMA step is the scheduler's step.
+        path (str): checkpoint path without suffix (``resume_path`` gives it), in either format.
+        optimizer (paddle.optimizer.Optimizer): gets the optimizer state (keys it lacks keep their values).
+        ema (ppdet.optimizer.ModelEMA|None): with a ``model`` file (``.pdema`` / ``.ema.safetensors``), the EMA
+            weights are the weights file and the model's the ``model`` file (``save_model`` exchanges them);
+            the EMA step is the scheduler's step.
+        verify (bool): check the files against the manifest first; False when ``resume_path`` just did
+            (hashing twice would read every file once more: about a second for R50vd).
     Returns:
-        int: the number of finished epochs (``last_epoch`` of the ``.pdopt``), where training continues.
+        int: the number of finished epochs (``last_epoch`` of the optimizer state), where training continues.
     Raises:
         KeyError: naming the model keys the checkpoint lacks (another architecture or config).
+        DamagedCheckpointError: a file differs from the manifest (with ``verify``).
     """
+    if verify:
+        manifest.verify(path)
+    files = _checkpoint_files(path)
     ema_state = None
-    if ema is not None and os.path.exists(path + '.pdema'):
-        ema_state, model_state = read_state(path + '.pdparams'), read_state(path + '.pdema')
+    if ema is not None and 'model' in files:
+        ema_state, model_state = _read_unverified(files['weights']), _read_unverified(files['model'])
     else:
-        model_state = read_state(path + '.pdparams')
+        model_state = _read_unverified(files['weights'])
     _fill_every_weight(model, model_state, '--resume {}: the checkpoint'.format(path))
-    logger.info('Finish resuming model weights: {}'.format(path + '.pdparams'))
+    logger.info('Finish resuming model weights: {}'.format(files['weights']))
 
-    optimizer_state = read_state(path + '.pdopt')
+    optimizer_state = _read_unverified(files['optimizer'])
     last_epoch = optimizer_state.pop('last_epoch', 0)
     current = optimizer.state_dict()
     optimizer.set_state_dict(dict(current, **optimizer_state))
@@ -214,23 +358,45 @@ def _as_dtype(value, dtype):
     return value if value.dtype == dtype else value.astype(dtype)
 
 
+def weights_file(weights):
+    """The file that ``weights`` (a ``weights:`` / ``pretrain_weights:`` value) names, or None if there is none.
+
+    A ``.safetensors`` or ``.pdparams`` path is itself; another checkpoint suffix (``.pdopt``, ``.pdema``,
+    ``.pdmodel``, ``.manifest.json``, ...) or none names a checkpoint: its manifest's weights file, else
+    ``<stem>.pdparams``, else ``<stem>.safetensors``.
+    """
+    if weights.endswith((safetensors_state.SUFFIX, '.pdparams')) and not weights.endswith(
+            ('.ema.safetensors', '.opt.safetensors')):
+        return weights if os.path.isfile(weights) else None
+    stem = manifest.file_stem(weights[:-len('.pdmodel')] if weights.endswith('.pdmodel') else weights)[0]
+    try:
+        record = manifest.read(stem)
+    except DamagedCheckpointError:
+        record = None  # verify_file reports it when the file is read
+    if record is not None:
+        return os.path.join(os.path.dirname(stem), record['files']['weights']['name'])
+    return next((stem + s for s in ('.pdparams', safetensors_state.SUFFIX) if os.path.isfile(stem + s)), None)
+
+
 def load_model_weights(model, weights):
-    """Fills every weight of ``model`` from a ``.pdparams``, as ppdet's ``load_weight`` does for export.
+    """Fills every weight of ``model`` from a weights file, as ppdet's ``load_weight`` does for export.
 
     Args:
         model (paddle.nn.Layer): every one of its state-dict keys must be in the file.
-        weights (str): a ``.pdparams`` path with or without the suffix, or a ppdet URL (downloaded).
+        weights (str): a ``.pdparams`` / ``.safetensors`` path, a checkpoint path without suffix
+            (``weights_file``), or a ppdet URL (downloaded).
     Raises:
-        FileNotFoundError: no such ``.pdparams``.
+        FileNotFoundError: no such weights file.
         KeyError: naming the model keys the file lacks.
         safe_load.UnsafeWeightsError: the file's pickle is not only data (see ``read_state``).
+        DamagedCheckpointError: the file differs from its checkpoint manifest.
     """
     if is_url(weights):
         weights = get_weights_path(weights)
-    stem, ext = os.path.splitext(weights)
-    path = (stem if ext in ('.pdparams', '.pdopt', '.pdema') else weights) + '.pdparams'
-    if not os.path.isfile(path):
-        raise FileNotFoundError('weights {}: {} does not exist'.format(weights, path))
+    path = weights_file(weights)
+    if path is None:
+        raise FileNotFoundError('weights {}: neither {} nor a .pdparams / .safetensors file of that checkpoint '
+                                'exists'.format(weights, weights))
     state = read_state(path)
     _fill_every_weight(model, state, 'weights {}: the file'.format(path))
     logger.info('Loaded the model weights from {}'.format(path))
@@ -241,8 +407,8 @@ class AtomicCheckpointer(Checkpointer):
 
     Saves what ppdet's saves for a detector: ``<epoch>`` every ``snapshot_epoch`` epochs, ``model_final``
     after the last one, and ``best_model`` when an evaluation (``--eval``) reaches the best bbox AP so far.
-    With EMA the EMA weights are the ``.pdparams`` (the Trainer has swapped them into the model at epoch
-    end) and the trained ones the ``.pdema``.
+    With EMA the EMA weights are the weights file (the Trainer has swapped them into the model at epoch
+    end) and the trained ones the ``model`` file. ``checkpoint_format`` in the config chooses the format.
     """
 
     def on_epoch_end(self, status):
@@ -252,11 +418,13 @@ class AtomicCheckpointer(Checkpointer):
         if save_name is None:
             return
         weight = self.weight.state_dict()
+        fmt = self.model.cfg.get(CONFIG_KEY, DEFAULT_FORMAT)
         if self.model.use_ema:
             save_model(status['weight'], self.model.optimizer, self.save_dir, save_name, status['epoch_id'] + 1,
-                       ema_model=weight)
+                       ema_model=weight, checkpoint_format=fmt)
         else:
-            save_model(weight, self.model.optimizer, self.save_dir, save_name, status['epoch_id'] + 1)
+            save_model(weight, self.model.optimizer, self.save_dir, save_name, status['epoch_id'] + 1,
+                       checkpoint_format=fmt)
 
     def _save_name(self, status):
         cfg, epoch = self.model.cfg, status['epoch_id']

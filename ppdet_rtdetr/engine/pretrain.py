@@ -13,8 +13,9 @@ content when nothing matches at all: a checkpoint of another architecture trains
   only the backbone) the second; a checkpoint of another network passes neither.
 
 ``RTDETRTrainer.load_weights`` (``pretrain_weights`` in training, ``weights`` in eval / infer) calls it; ppdet's
-own Trainer keeps ppdet's loader. The file is read with ``checkpoint.read_state`` (``safe_load``: a pickle
-that is not only data is refused before anything of it runs).
+own Trainer keeps ppdet's loader. The file (``.pdparams`` or ``.safetensors``) is read with
+``checkpoint.read_state`` (``safe_load``: a pickle that is not only data is refused before anything of it runs;
+a checkpoint file is verified against its manifest when it has one).
 """
 import collections
 import os
@@ -26,7 +27,7 @@ from ppdet.utils.checkpoint import is_url
 from ppdet.utils.download import get_weights_path
 from ppdet.utils.logger import setup_logger
 
-from .checkpoint import read_state
+from .checkpoint import read_state, weights_file
 
 logger = setup_logger(__name__)
 
@@ -80,13 +81,11 @@ def match_names(model_keys, file_keys):
 def _resolve(path):
     if is_url(path):
         path = get_weights_path(path)
-    stem, ext = os.path.splitext(path)
-    if ext in ('.pdparams', '.pdopt', '.pdmodel', '.pdema'):
-        path = stem
-    if not os.path.exists(path + '.pdparams'):
+    weights = weights_file(path)
+    if weights is None:
         raise ValueError('Model pretrain path `{}` does not exists. If you don\'t want to load pretrain '
                          'model, please delete `pretrain_weights` field in config file.'.format(path))
-    return path + '.pdparams'
+    return weights
 
 
 def _shape(value):
@@ -110,12 +109,14 @@ def load_pretrain_weight(model, pretrain_weight):
 
     Args:
         model (paddle.nn.Layer): the model to fill.
-        pretrain_weight (str): path with or without ``.pdparams``, or a ppdet URL.
+        pretrain_weight (str): a ``.pdparams`` / ``.safetensors`` path, a checkpoint path without suffix
+            (``checkpoint.weights_file``), or a ppdet URL.
 
     Raises:
         WeightsMismatchError: if the file does not fit (see the module docstring).
         ValueError: if the file does not exist.
         safe_load.UnsafeWeightsError: if the file's pickle is not only data (see ``checkpoint.read_state``).
+        checkpoint.DamagedCheckpointError: if the file differs from its checkpoint manifest.
     """
     weights_path = _resolve(pretrain_weight)
     file_state = {k: v for k, v in read_state(weights_path).items() if hasattr(v, 'shape')}

@@ -7,9 +7,11 @@ pick the class; our tools construct ``RTDETRTrainer``. Whoever builds ppdet's ``
 * ``load_weights`` (``pretrain_weights`` in training, ``weights`` in eval / infer) uses
   ``pretrain.load_pretrain_weight``: a reshaped class head is skipped with one listing, a file of another
   architecture is a ``WeightsMismatchError``;
-* ``resume_weights`` takes a checkpoint or a folder (its newest complete checkpoint: ``checkpoint.resume_path``)
+* ``resume_weights`` takes a checkpoint or a folder (its complete checkpoint with the highest recorded epoch:
+  ``checkpoint.resume_path``)
   and restores it with ``checkpoint.load_checkpoint``;
-* checkpoints are written atomically (``checkpoint.AtomicCheckpointer`` replaces ppdet's ``Checkpointer``);
+* checkpoints are written atomically with a manifest of digests, as ``.pdparams`` or ``.safetensors``
+  (``checkpoint_format``; ``checkpoint.AtomicCheckpointer`` replaces ppdet's ``Checkpointer``);
 * ``train`` runs with the non-finite-loss guard (``loss_guard``, which also checks the predictions before the
   matcher; ``stop_on_nonfinite_loss: false`` turns it off, ``nonfinite_loss_patience`` sets how many consecutive
   non-finite steps an ``--amp`` run skips); a non-finite matching cost ends it with the step named;
@@ -56,13 +58,15 @@ class RTDETRTrainer(Trainer):
     """ppdet's ``Trainer(cfg, mode)`` with the changes listed in the module docstring; same arguments.
 
     Raises:
-        ValueError: ``nonfinite_loss_patience`` is not an integer >= 1, or ``cpu_conv_grad`` is not 'onednn' /
-            'paddle' (before the model and readers are built).
+        ValueError: ``nonfinite_loss_patience`` is not an integer >= 1, ``cpu_conv_grad`` is not 'onednn' /
+            'paddle', or ``checkpoint_format`` is not 'pdparams' / 'safetensors' (before the model and readers
+            are built).
     """
 
     def __init__(self, cfg, mode='train'):
         loss_guard.check_patience(cfg.get('nonfinite_loss_patience', loss_guard.DEFAULT_PATIENCE))
         conv_grad.check_choice(cfg.get(conv_grad.TRAINER_KEY, 'onednn'))
+        checkpoint.check_format(cfg.get(checkpoint.CONFIG_KEY, checkpoint.DEFAULT_FORMAT))
         super().__init__(cfg, mode)
         if self.mode == 'train':
             self._choose_conv_grads()
@@ -95,8 +99,9 @@ class RTDETRTrainer(Trainer):
 
     def resume_weights(self, weights):
         path = checkpoint.resume_path(weights)
+        # resume_path has verified the checkpoint against its manifest
         self.start_epoch = checkpoint.load_checkpoint(self.model, path, self.optimizer,
-                                                      self.ema if self.use_ema else None)
+                                                      self.ema if self.use_ema else None, verify=False)
 
     def _get_infer_cfg_and_input_spec(self, save_dir, prune_input=True, kl_quant=False):
         """ppdet's method (writes infer_cfg.yml, returns the traced model and its input spec), traced with

@@ -41,7 +41,8 @@ def test_crash_while_overwriting_keeps_the_old_files(tmp_path, monkeypatch):
     with pytest.raises(SimulatedCrash):
         checkpoint.save_model(layer.state_dict(), optimizer, str(tmp_path), 'model_final', 4)
 
-    assert checkpoint_files(tmp_path) == ['model_final.pdopt', 'model_final.pdparams']  # no temporaries left
+    assert checkpoint_files(tmp_path) == ['model_final.manifest.json', 'model_final.pdopt',
+                                         'model_final.pdparams']  # no temporaries left
     np.testing.assert_array_equal(paddle.load(str(tmp_path / 'model_final.pdparams'))['weight'].numpy(),
                                   np.ones([2, 2]))
     assert paddle.load(str(tmp_path / 'model_final.pdopt'))['last_epoch'] == 3
@@ -54,7 +55,7 @@ def test_a_checkpoint_without_its_pdopt_is_not_a_resume_point(tmp_path, monkeypa
     with pytest.raises(SimulatedCrash):
         checkpoint.save_model(layer.state_dict(), optimizer, str(tmp_path), '1', 2)
 
-    assert checkpoint_files(tmp_path) == ['0.pdopt', '0.pdparams', '1.pdparams']
+    assert checkpoint_files(tmp_path) == ['0.manifest.json', '0.pdopt', '0.pdparams', '1.pdparams']
     assert checkpoint.resume_path(str(tmp_path)) == str(tmp_path / '0')
     with pytest.raises(checkpoint.IncompleteCheckpointError) as error:
         checkpoint.resume_path(str(tmp_path / '1'))
@@ -65,8 +66,8 @@ def test_a_checkpoint_without_its_pdopt_is_not_a_resume_point(tmp_path, monkeypa
 def test_an_empty_folder_is_not_a_resume_point(tmp_path):
     with pytest.raises(checkpoint.IncompleteCheckpointError) as error:
         checkpoint.resume_path(str(tmp_path))
-    assert str(error.value) == ('--resume {}: no complete checkpoint (N.pdparams with N.pdopt, or model_final) '
-                                'in this folder'.format(tmp_path))
+    assert str(error.value) == ('--resume {}: no complete checkpoint (N.pdparams with N.pdopt, N.safetensors with '
+                                'N.opt.safetensors, or model_final) in this folder'.format(tmp_path))
 
 
 def test_training_killed_while_saving_resumes_from_the_previous_epoch(tmp_path, monkeypatch):
@@ -82,7 +83,7 @@ def test_training_killed_while_saving_resumes_from_the_previous_epoch(tmp_path, 
     # real resume) does, whatever other tests of this process created before.
     with pytest.raises(SimulatedCrash), paddle.utils.unique_name.guard():
         Trainer(cfg, mode='train').train()
-    assert checkpoint_files(save_dir) == ['rtdetr_tiny/0.pdopt', 'rtdetr_tiny/0.pdparams']
+    assert checkpoint_files(save_dir) == ['rtdetr_tiny/0.manifest.json', 'rtdetr_tiny/0.pdopt', 'rtdetr_tiny/0.pdparams']
     monkeypatch.undo()
 
     cfg = light_config(save_dir, data, epoch=2)
@@ -95,6 +96,7 @@ def test_training_killed_while_saving_resumes_from_the_previous_epoch(tmp_path, 
         np.testing.assert_array_equal(value.numpy(), saved[key].numpy(), err_msg=key)
     with paddle.utils.unique_name.guard():
         trainer.train()
-    assert checkpoint_files(save_dir) == ['rtdetr_tiny/0.pdopt', 'rtdetr_tiny/0.pdparams',
-                                          'rtdetr_tiny/model_final.pdopt', 'rtdetr_tiny/model_final.pdparams']
+    assert checkpoint_files(save_dir) == ['rtdetr_tiny/0.manifest.json', 'rtdetr_tiny/0.pdopt', 'rtdetr_tiny/0.pdparams',
+                                          'rtdetr_tiny/model_final.manifest.json', 'rtdetr_tiny/model_final.pdopt',
+                                          'rtdetr_tiny/model_final.pdparams']
     assert paddle.load(str(run_dir / 'model_final.pdopt'))['last_epoch'] == 2

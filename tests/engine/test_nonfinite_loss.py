@@ -65,7 +65,8 @@ def test_the_guard_can_be_turned_off(tmp_path, shapes8):
     trainer = RTDETRTrainer(cfg, mode='train')
     _nan_at_call(trainer.model, call=1)
     trainer.train()  # ppdet's behaviour: the NaN step is taken and the epoch is saved
-    assert checkpoint_files(tmp_path / 'out') == ['rtdetr_tiny/model_final.pdopt', 'rtdetr_tiny/model_final.pdparams']
+    assert checkpoint_files(tmp_path / 'out') == ['rtdetr_tiny/model_final.manifest.json', 'rtdetr_tiny/model_final.pdopt',
+                                                  'rtdetr_tiny/model_final.pdparams']
 
 
 def _adam_updates(optimizer):
@@ -105,7 +106,8 @@ def test_amp_skips_nonfinite_steps_and_stops_after_patience_in_a_row(tmp_path, s
     assert _adam_updates(trainer.optimizer) == 2, 'only steps 1 and 4 may update the weights'
     for name, param in trainer.model.named_parameters():
         assert np.isfinite(param.numpy()).all(), '{} got a NaN update'.format(name)
-    assert checkpoint_files(tmp_path / 'out') == ['rtdetr_tiny/0.pdopt', 'rtdetr_tiny/0.pdparams']
+    assert checkpoint_files(tmp_path / 'out') == ['rtdetr_tiny/0.manifest.json', 'rtdetr_tiny/0.pdopt',
+                                                  'rtdetr_tiny/0.pdparams']
     assert not {'step', 'minimize'} & set(vars(trainer.optimizer)), 'the step gate must be removed after train'
 
 

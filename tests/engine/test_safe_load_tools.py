@@ -114,6 +114,7 @@ def test_a_genuine_pdparams_does_not_let_a_payload_pdopt_or_pdema_through(tmp_pa
         stem = str(tmp_path / bad[1:])
         checkpoint.save_model(layer.state_dict(), optimizer, str(tmp_path), bad[1:], 1, ema_model=layer.state_dict())
         write_pickle(stem + bad, {'last_epoch': Call('os', 'system', 'touch ' + str(marker))}, 3)
+        os.remove(stem + '.manifest.json')  # its digests would refuse the swapped file first: test the loader
         with pytest.raises(safe_load.UnsafeWeightsError, match='^{}: refused to load: its pickle names the global '
                                                                'os.system'.format(stem + bad)):
             checkpoint.load_checkpoint(layer, stem, optimizer, ModelEMA(layer))

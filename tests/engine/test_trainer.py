@@ -26,7 +26,9 @@ class _Metric(object):
 
 
 def _recorder(calls):
-    def save_model(model, optimizer, save_dir, save_name, last_epoch, ema_model=None):
+    # ours also passes checkpoint_format (the default here), which ppdet's save_model has not
+    def save_model(model, optimizer, save_dir, save_name, last_epoch, ema_model=None, checkpoint_format='pdparams'):
+        assert checkpoint_format == 'pdparams'
         calls.append((sorted(model) if isinstance(model, dict) else model, save_dir, save_name, last_epoch,
                       None if ema_model is None else sorted(ema_model)))
 
