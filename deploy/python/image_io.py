@@ -9,6 +9,7 @@ tools/infer.py loads this file too).
 """
 import argparse
 import math
+import os
 import struct
 
 import cv2
@@ -17,6 +18,9 @@ import numpy as np
 __all__ = ['DEFAULT_MAX_PIXELS', 'ImageError', 'image_size', 'read_image', 'parse_max_pixels']
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 8K UHD is 33 MP; decoding 50 MP as 8-bit RGB takes ~150 MB (~300 MB peak)
+# no image within a pixel limit needs a bigger file: 16-bit RGBA stored uncompressed is 8 bytes a pixel, and
+# EXIF / ICC / XMP metadata rarely reach a few MB; the file is read whole, so this bounds that read too
+_BYTES_PER_PIXEL, _METADATA_BYTES = 8, 64 << 20
 # JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic): each
 # carries the frame's height and width. 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) are not frames.
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -127,9 +131,15 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, to_rgb=True):
         np.ndarray: uint8 [h, w, 3]. (h, w) is the header's size (a JPEG's EXIF orientation may swap them).
     Raises:
         ImageError: naming `path`: unreadable, not an image, above `max_pixels` (with the declared size and
-            the --max_pixels flag that raises the limit), or not decodable (corrupt or truncated data).
+            the --max_pixels flag that raises the limit), a file larger than any image within `max_pixels`
+            (8 bytes a pixel + 64 MB), or not decodable (corrupt or truncated data).
     """
     try:
+        size = os.path.getsize(path)
+        if max_pixels and size > _BYTES_PER_PIXEL * max_pixels + _METADATA_BYTES:
+            raise ImageError(f'{path}: the file is {size / 2**20:.0f} MB, more than any image of at most '
+                             f'{max_pixels / 1e6:g} megapixels takes (8 bytes a pixel + 64 MB of metadata); if the '
+                             'image is genuine, raise the limit with --max_pixels (0: no limit)')
         with open(path, 'rb') as f:
             data = f.read()
     except OSError as e:

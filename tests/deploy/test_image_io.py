@@ -72,6 +72,19 @@ def test_the_limit_is_width_times_height_and_0_disables_it(tmp_path):
     assert image_io.read_image(path, max_pixels=0).shape == image_io.read_image(path, max_pixels=None).shape
 
 
+def test_a_file_too_big_for_any_image_within_the_limit_is_not_read(tmp_path):
+    """A 100 MB file (sparse: no disk used) is more than any image of <= 1000 pixels can take (8 bytes a pixel +
+    64 MB), refused from its size alone; with no limit it is read, and refused for what it holds (zeros)."""
+    path = str(tmp_path / 'big.png')
+    with open(path, 'wb') as f:
+        f.truncate(100 << 20)
+    with pytest.raises(image_io.ImageError, match=r'big\.png: the file is 100 MB, more than any image of at most '
+                                                  r'0\.001 megapixels takes \(8 bytes a pixel \+ 64 MB of metadata\)'):
+        image_io.read_image(path, max_pixels=1000)
+    with pytest.raises(image_io.ImageError, match=r"not a PNG, JPEG, BMP or WebP image \(the file starts with b'\\x00"):
+        image_io.read_image(path, max_pixels=0)
+
+
 def test_a_jpeg_with_data_after_its_end_marker_still_reads(tmp_path):
     """Trailing bytes after the end-of-image marker (some cameras append data) are not a truncation."""
     path = str(tmp_path / 'trailer.jpg')
