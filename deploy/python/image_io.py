@@ -45,12 +45,13 @@ def _jpeg_size(data):
     pos = 2
     size = None
     while True:
-        # a marker is 0xFF (possibly repeated as fill) then its code
-        start = pos
-        while pos < len(data) and data[pos] == 0xFF:
+        # a marker is 0xFF (possibly repeated as fill) then its code; stray bytes before it are skipped, as
+        # libjpeg does (with a warning) when it decodes
+        pos = data.find(b'\xff', pos)
+        while 0 <= pos < len(data) and data[pos] == 0xFF:
             pos += 1
-        if pos == start or pos >= len(data):
-            raise ValueError('JPEG marker segments are corrupt or truncated')
+        if not 0 < pos < len(data):
+            raise ValueError('JPEG ends before its image data (truncated or corrupt)')
         marker = data[pos]
         pos += 1
         if marker in _JPEG_STANDALONE:

@@ -85,12 +85,22 @@ def test_a_file_too_big_for_any_image_within_the_limit_is_not_read(tmp_path):
         image_io.read_image(path, max_pixels=0)
 
 
-def test_a_jpeg_with_data_after_its_end_marker_still_reads(tmp_path):
-    """Trailing bytes after the end-of-image marker (some cameras append data) are not a truncation."""
-    path = str(tmp_path / 'trailer.jpg')
-    with open(path, 'wb') as f:
-        f.write(sample_jpeg() + b'\x00' * 100)
-    assert image_io.read_image(path).shape == (48, 64, 3)
+def test_jpeg_size_is_the_frame_s_past_thumbnails_stray_bytes_and_trailers(tmp_path):
+    """An EXIF-style thumbnail (a whole 8x8 JPEG inside APP1, its own frame header and end marker) does not
+    lend its size or its end marker; stray bytes between segments are skipped, as libjpeg does; bytes after the
+    end marker (some cameras append data) are no truncation. Each file decodes to the main image's size."""
+    main, thumb = sample_jpeg(48, 64), sample_jpeg(8, 8)
+    app1 = b'\xff\xe1' + (len(thumb) + 2).to_bytes(2, 'big') + thumb
+    cases = {'thumb': main[:2] + app1 + main[2:], 'stray': main[:2] + app1 + b'\x00\x17' + main[2:],
+             'trailer': main + b'\x00' * 100}
+    for name, data in cases.items():
+        assert image_io.image_size(data) == ('JPEG', 64, 48), name
+        path = str(tmp_path / f'{name}.jpg')
+        with open(path, 'wb') as f:
+            f.write(data)
+        assert image_io.read_image(path).shape == (48, 64, 3), name
+    with pytest.raises(ValueError, match=r'JPEG is truncated \(no end-of-image marker'):
+        image_io.image_size(cases['thumb'][:-2])  # the thumbnail's end marker is no end of the image
 
 
 def test_max_pixels_flag_parses_counts_and_refuses_nonsense():
