@@ -4,7 +4,9 @@
     python tools/check_dataset.py -c configs/rtdetr/rtdetr_r50vd_6x_coco.yml [-o TrainDataset.dataset_dir=D ...]
 
 Prints one report per dataset (with -c: TrainDataset and EvalDataset) and exits 1 when any has errors,
-0 otherwise. Warnings name entries that training would skip or repair.
+0 otherwise. Warnings name entries that training would skip or repair. Instance segmentation sets (any
+non-empty `segmentation`) get their masks checked too; `--masks off` checks the boxes only, `--masks on`
+also requires a mask on every non-crowd annotation of a set without any.
 """
 import os
 import sys
@@ -22,6 +24,8 @@ def _parse(argv):
     parser.add_argument('--num_classes', type=int, help='expected number of categories (overrides -c)')
     parser.add_argument('--no_clip', action='store_true',
                         help='drop boxes outside the image instead of clipping them')
+    parser.add_argument('--masks', choices=['auto', 'on', 'off'], default='auto',
+                        help='check `segmentation` (polygons / RLE): auto when any annotation has one')
     args = parser.parse_args(argv)
     if not args.config and not (args.ann and args.image_dir):
         parser.error('give -c CONFIG, or --ann and --image_dir')
@@ -58,7 +62,7 @@ def main(argv=None):
         print(f'{name}:')
         try:
             print(check_coco(ann_file, image_dir, num_classes=num_classes, clip_boxes=not args.no_clip,
-                             skip_empty=skip_empty).format())
+                             skip_empty=skip_empty, masks={'on': True, 'off': False}.get(args.masks, 'auto')).format())
         except DatasetError as error:
             print(error)
             status = 1

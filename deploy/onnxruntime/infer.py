@@ -3,6 +3,7 @@
     python deploy/onnxruntime/infer.py --model_dir output_inference/rtdetr_r50vd_6x_coco --image_file demo.jpg
         [--image_dir dir | --video_file v.mp4] [--batch_size 4] [--threshold 0.5] [--cpu_threads 4]
         [--target_size 480 640] [--keep_ratio]   (a dynamic-size export: tools/export_model.py --image_shape 3 -1 -1)
+        [--max_pixels 50000000]   (larger images are refused from their header, before decoding; 0: no limit)
 
 Needs onnxruntime, numpy, OpenCV and PyYAML (not Paddle). Preprocessing, the baked-size check, drawing and
 results.json are deploy/python's, so both engines give the same output for the same folder.

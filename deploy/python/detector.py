@@ -6,14 +6,17 @@ baked-size check, the post-process of raw exports, drawing and JSON) is shared, 
 results for the same folder.
 """
 import glob
+import itertools
 import json
 import os
+import sys
 import time
 
 import cv2
 
+from image_io import DEFAULT_MAX_PIXELS, ImageError, parse_max_pixels, read_image
 from postprocess import detections_to_json, draw_detections, split_detections, topk_postprocess
-from preprocess import Preprocessor, check_input_size, decode_image, load_infer_cfg, run_size_ops
+from preprocess import Preprocessor, check_input_size, load_infer_cfg, run_size_ops
 
 __all__ = ['Detector', 'add_io_args', 'run']
 
@@ -90,27 +93,43 @@ def add_io_args(parser):
     parser.add_argument('--keep_ratio', action='store_true',
                         help='dynamic-size export: keep each image\'s aspect ratio within --target_size (or the '
                              'export\'s size), sides rounded to a multiple of the stride')
+    parser.add_argument('--max_pixels', type=parse_max_pixels, default=DEFAULT_MAX_PIXELS,
+                        help='largest image (width * height, from its header, checked before decoding) that is '
+                             'read; larger ones are refused (skipped in --image_dir). 0: no limit. '
+                             f'Default {DEFAULT_MAX_PIXELS} ({DEFAULT_MAX_PIXELS / 1e6:g} megapixels)')
     return parser
 
 
-def _image_paths(args):
-    if args.image_file:
-        return [args.image_file]
-    paths = sorted(p for p in glob.glob(os.path.join(args.image_dir, '*'))
+def _image_paths(image_dir):
+    paths = sorted(p for p in glob.glob(os.path.join(image_dir, '*'))
                    if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS)
     if not paths:
-        raise FileNotFoundError(f'no {"/".join(IMAGE_EXTENSIONS)} image in {args.image_dir}')
+        raise FileNotFoundError(f'no {"/".join(IMAGE_EXTENSIONS)} image in {image_dir}')
     return paths
 
 
-def _batches(items, size):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def _readable_images(paths, max_pixels, skipped):
+    """(path, RGB image) of each file of `paths` that reads; an unreadable or oversize one is reported on
+    stderr and appended to `skipped`, so that one bad file does not stop a folder."""
+    for path in paths:
+        try:
+            yield path, read_image(path, max_pixels)
+        except ImageError as e:
+            print(f'WARNING: skipped {e}', file=sys.stderr)
+            skipped.append(path)
 
 
 def _run_images(detector, args, threshold, results):
-    for paths in _batches(_image_paths(args), args.batch_size):
-        images = [decode_image(p) for p in paths]
+    """Detect on --image_file (a bad file raises ImageError) or --image_dir (bad files skipped); return the
+    skipped paths."""
+    skipped = []
+    if args.image_file:
+        read = iter([(args.image_file, read_image(args.image_file, args.max_pixels))])
+    else:
+        read = _readable_images(_image_paths(args.image_dir), args.max_pixels, skipped)
+    # full batches of readable images: a skipped file does not shorten its batch
+    while batch := list(itertools.islice(read, args.batch_size)):
+        paths, images = zip(*batch)
         start = time.perf_counter()
         dets = detector.predict_images(images)
         print(f'{len(paths)} image(s) in {1000 * (time.perf_counter() - start):.1f} ms')
@@ -118,6 +137,7 @@ def _run_images(detector, args, threshold, results):
             cv2.imwrite(os.path.join(args.output_dir, os.path.basename(path)),
                         draw_detections(image, det, detector.labels, threshold))
             results.append({'image': path, 'detections': detections_to_json(det, detector.labels, threshold)})
+    return skipped
 
 
 def _run_video(detector, args, threshold, results):
@@ -144,18 +164,24 @@ def _run_video(detector, args, threshold, results):
 
 
 def run(detector, args):
-    """Run `detector` on --image_file / --image_dir / --video_file; write drawings and results.json."""
+    """Run `detector` on --image_file / --image_dir / --video_file; write drawings and results.json.
+
+    Images are read with `image_io.read_image` (header checked against --max_pixels before decoding): a bad
+    --image_file is an ImageError naming it; bad files of --image_dir are skipped with a warning each, the
+    others' results are written, and the last line counts the skipped ones.
+    """
     if not (args.image_file or args.image_dir or args.video_file):
         raise ValueError('give one of --image_file, --image_dir or --video_file')
     os.makedirs(args.output_dir, exist_ok=True)
     threshold = args.threshold if args.threshold is not None else detector.infer_cfg.get('draw_threshold', 0.5)
-    results = []
+    results, skipped = [], []
     if args.video_file:
         _run_video(detector, args, threshold, results)
     else:
-        _run_images(detector, args, threshold, results)
+        skipped = _run_images(detector, args, threshold, results)
     path = os.path.join(args.output_dir, 'results.json')
     with open(path, 'w') as f:
         json.dump(results, f, indent=1)
-    print(f'results written to {path}')
+    note = f'; {len(skipped)} image(s) skipped (unreadable or too large, see the warnings above)' if skipped else ''
+    print(f'results of {len(results)} {"frame" if args.video_file else "image"}(s) written to {path}{note}')
     return results

@@ -4,6 +4,7 @@
         [--image_dir dir | --video_file v.mp4] [--batch_size 4] [--threshold 0.5] [--output_dir output]
         [--device CPU --cpu_threads 4 --enable_mkldnn | --device GPU --run_mode paddle|trt_fp32|trt_fp16]
         [--target_size 480 640] [--keep_ratio]   (a dynamic-size export: tools/export_model.py --image_shape 3 -1 -1)
+        [--max_pixels 50000000]   (larger images are refused from their header, before decoding; 0: no limit)
 
 Needs only paddlepaddle, numpy, OpenCV and PyYAML (not ppdet). An export made with export.cpu_fused_attention
 runs on CPU only; its folder's operator library is registered here. Writes the drawn images (or video) and

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import yaml
 
-__all__ = ['load_infer_cfg', 'find_model_files', 'register_custom_ops', 'decode_image', 'Preprocessor',
+__all__ = ['load_infer_cfg', 'find_model_files', 'register_custom_ops', 'Preprocessor',
            'check_input_size', 'run_size_ops']
 
 
@@ -52,14 +52,6 @@ def register_custom_ops(model_dir, device='CPU'):
     ops = infer_cfg.get('custom_ops') or []
     if not ops or not set(ops) <= set(paddle.base.core.get_all_op_names()):
         paddle.utils.cpp_extension.load_op_meta_info_and_register_op(path)
-
-
-def decode_image(path):
-    """An image file as an RGB uint8 array [h, w, 3], as ppdet's Decode."""
-    im = cv2.imread(path, cv2.IMREAD_COLOR)
-    if im is None:
-        raise ValueError(f'cannot read image {path}')
-    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
 
 
 def _resize(im, info, target_size, keep_ratio=True, interp=cv2.INTER_LINEAR, size_divisor=None, **_):

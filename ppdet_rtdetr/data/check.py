@@ -1,4 +1,4 @@
-"""Checks a COCO-format detection dataset before training and says what to fix.
+"""Checks a COCO-format detection (or instance segmentation) dataset before training and says what to fix.
 
 ppdet's ``COCODataSet`` trusts the annotation file: a NaN box, a truncated JPEG or a wrong
 ``num_classes`` surfaces thousands of iterations in as a NaN loss or a crash far from its cause.
@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .check_report import DatasetError, Issue, Report  # noqa: F401  (part of this module's API)
+from .check_segm import check_segmentation
 from .threads import map_in_threads
 
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
@@ -33,7 +34,7 @@ _JPEG_MARKER = re.compile(rb'\xff[^\x00\xd0-\xd7]')
 
 
 def check_coco(ann_file, image_dir, num_classes=None, clip_boxes=True, skip_empty=False,
-               check_images=True, max_examples=5):
+               check_images=True, max_examples=5, masks=False):
     """Checks a COCO detection dataset and returns what training can use.
 
     Args:
@@ -45,6 +46,10 @@ def check_coco(ann_file, image_dir, num_classes=None, clip_boxes=True, skip_empt
         check_images (bool): decode every image (as ppdet's ``DecodeImage`` does, so EXIF rotation
             counts) to find missing / corrupt files and the real size; False trusts the stored size.
         max_examples (int): examples kept per issue.
+        masks (bool|str): check the ``segmentation`` of every annotation (an instance segmentation set:
+            polygons / RLE well formed, inside the image, of non-zero area, near the box; a non-crowd
+            annotation without a mask is skipped); False (boxes only) leaves ``segmentation`` unread;
+            'auto' checks them when any annotation has a non-empty ``segmentation``.
 
     Returns:
         Report: the issues and the cleaned ``images`` / ``annotations``.
@@ -63,7 +68,9 @@ def check_coco(ann_file, image_dir, num_classes=None, clip_boxes=True, skip_empt
             report.add('image_dir_missing', file_name=image_dir)
             check_images = False
         file_names = _check_images(data['images'], image_dir, check_images, report)
-        _check_annotations(data['annotations'], file_names, clip_boxes, report)
+        if masks == 'auto':
+            masks = any(isinstance(ann, dict) and ann.get('segmentation') for ann in data['annotations'])
+        _check_annotations(data['annotations'], file_names, clip_boxes, masks, report)
         _check_empty(skip_empty, report)
     if report.errors:
         raise DatasetError(report)
@@ -217,7 +224,7 @@ def _jpeg_is_complete(data):
     return False
 
 
-def _check_annotations(anns, file_names, clip_boxes, report):
+def _check_annotations(anns, file_names, clip_boxes, masks, report):
     sizes = {im['id']: (im['width'], im['height']) for im in report.images}
     kept_by_id = {}  # annotation id -> (image_id, category_id, bbox) of the first kept entry
     for ann in anns:
@@ -268,6 +275,12 @@ def _check_annotations(anns, file_names, clip_boxes, report):
                 continue
         else:
             kept_by_id[ann_id] = key
+        if masks:
+            keep, segm = check_segmentation(ann, img_w, img_h, clipped, clip_boxes, where, report)
+            if not keep:
+                continue
+            if 'segmentation' in ann:
+                ann = dict(ann, segmentation=segm)
         if not _is_number(area) or area <= 0:
             report.add('bad_area', **where, value=area)
             area = clipped[2] * clipped[3]

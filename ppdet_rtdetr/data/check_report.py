@@ -52,6 +52,29 @@ _MESSAGES = {
                              'Fix: check the box and the image size.'),
     'bad_area': ('warning', '`area` is missing or <= 0, which ppdet\'s COCODataSet drops (or crashes on); '
                  'set to the box w*h. Fix: store the area.'),
+    'malformed_segmentation': ('warning', '`segmentation` is neither polygons (lists [x1, y1, x2, y2, ...] of '
+                               'finite numbers, at least 3 points each) nor an RLE dict {size: [h, w], counts}; '
+                               'skipped. Fix: re-export the masks in COCO format.'),
+    'empty_segmentation': ('warning', 'non-crowd annotation without a mask (`segmentation` missing, empty, or an '
+                           'RLE without a foreground pixel); skipped: its mask target would be empty. Fix: draw '
+                           'the mask or remove the annotation.'),
+    'degenerate_polygon': ('warning', '`segmentation` polygon encloses no area (collinear or repeated points); '
+                           'that polygon is dropped, and the annotation when no polygon is left. Fix: redraw '
+                           'it.'),
+    'segmentation_clipped': ('warning', '`segmentation` has points over 1 pixel outside the image; kept, the '
+                             'mask is cut at the image border when rasterized. Fix: clip the polygons.'),
+    'segmentation_outside_image': ('warning', '`segmentation` has points over 1 pixel outside the image; skipped '
+                                   'because clipping is off (--no_clip). Fix: clip the polygons, or allow '
+                                   'clipping.'),
+    'rle_size_mismatch': ('warning', '`segmentation.size` of the RLE differs from the image\'s [height, width]; '
+                          'skipped: the mask does not fit the image. Fix: encode the mask at the image size.'),
+    'bad_rle': ('warning', '`segmentation.counts` of the RLE is invalid: runs must be >= 0 and sum to height * '
+                'width (a string: COCO\'s compressed counts); skipped (pycocotools gives it a wrong area and box, then '
+                'fails to decode it in a data loader worker). '
+                'Fix: re-encode the mask with pycocotools.'),
+    'mask_box_mismatch': ('warning', 'the mask\'s bounding box and `bbox` overlap with IoU < 0.5: they describe '
+                          'different objects; skipped. Fix: recompute `bbox` from the mask (pycocotools toBbox) '
+                          'or give the annotation its own mask.'),
     'duplicate_annotation_id': ('warning', '`annotations[].id` is used more than once (pycocotools keeps '
                                 'only the last, e.g. in COCO eval); exact copies dropped, other boxes kept. '
                                 'Fix: give every annotation a unique id.'),
@@ -59,6 +82,8 @@ _MESSAGES = {
                                 'only one class. Fix: give every category a unique name.'),
     'unsorted_category_ids': ('info', 'category ids are not in ascending order; classes follow file order, '
                               'as in ppdet\'s COCODataSet (pycocotools getCatIds).'),
+    'crowd_polygon': ('info', '`iscrowd: 1` annotations with polygons (COCO writes crowd regions as RLE); '
+                      'kept: pycocotools converts them, ppdet ignores crowd regions in training.'),
     'crowd': ('info', '`iscrowd: 1` boxes; kept in the list, but ppdet ignores them in training.'),
     'dropped_with_image': ('info', 'annotations dropped because their image was skipped (see above).'),
     'empty_image': ('info', 'images without a usable non-crowd box; kept as background-only samples.'),
@@ -98,7 +123,8 @@ class Report:
         images (list[dict]): usable ``images`` entries; ``width``/``height`` are the decoded size when the
             images were checked.
         annotations (list[dict]): usable ``annotations`` entries; ``bbox`` is [x, y, w, h] in pixels inside
-            the image (clipped when ``clip_boxes``), ``area`` > 0. Crowd boxes are kept.
+            the image (clipped when ``clip_boxes``), ``area`` > 0. Crowd boxes are kept. With mask checks,
+            ``segmentation`` is valid for the image and near the box (polygons without zero-area parts).
         catid2clsid (dict[int, int]): category id -> class index 0..num_classes-1, in file order.
         names (list[str]): category names by class index.
         num_classes (int): number of categories.

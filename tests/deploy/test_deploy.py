@@ -1,19 +1,24 @@
 """The deploy scripts and infer_cfg.yml: boxes land on the original images, the CLI reproduces dygraph,
-a size the anchors were not baked for is a clear error, a dynamic-size export runs at the size asked for.
+a size the anchors were not baked for is a clear error, a dynamic-size export runs at the size asked for,
+bad or oversize files of a folder are skipped while the others' results are written.
 
 The dygraph references (export_case.py) ran each image alone through ppdet's own TestReader transforms;
 the deploy scripts preprocess from infer_cfg.yml, several images of different sizes per batch.
 """
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 import yaml
 
+from helpers.bad_images import write_bad_images
 from helpers.export_utils import (CASES, CPU_FUSED_CASES, DYNAMIC_CASES, IMAGE_SIZES, ONNX_CASES, RAW_CASES,  # noqa: F401
-                                  ExportCase, assert_same_detections, ort_infer, paddle_infer)  # fixtures
+                                  ROOT, ExportCase, assert_same_detections, ort_infer, paddle_infer)  # fixtures
 
 PPDET_INFER_CFG_KEYS = ['mode', 'draw_threshold', 'metric', 'use_dynamic_shape', 'arch', 'min_subgraph_size',
                         'Preprocess', 'label_list']
@@ -94,6 +99,58 @@ def test_cli_reproduces_dygraph_detections(engine, tmp_path, request):
         for image, det in got.items():
             assert_same_detections(det, case.ref[f'file_{image}'], what=f'{engine} {name} {image}')
             assert cv2.imread(os.path.join(out, f'{image}.png')).shape[:2] == IMAGE_SIZES[image]
+
+
+@pytest.mark.parametrize('engine', ['paddle', 'onnxruntime'])
+def test_bad_images_of_a_folder_are_skipped_and_the_others_written(default_case, engine, tmp_path, request, capsys):
+    """A folder mixing the 3 test images with a PNG bomb, a JPEG declaring 65000x65000, truncated / empty /
+    text files: one warning per bad file naming it and why, the good images' dygraph detections and drawings
+    written, and the summary line counts the skipped files. Batches of 2 stay full across the skipped files."""
+    module = request.getfixturevalue('paddle_infer' if engine == 'paddle' else 'ort_infer')
+    if engine == 'onnxruntime' and not os.path.isfile(os.path.join(default_case.model_dir, 'model.onnx')):
+        pytest.skip('paddle2onnx is not installed: no model.onnx')
+    folder, out = tmp_path / 'mixed', str(tmp_path / 'out')
+    folder.mkdir()
+    for path in _image_paths(default_case):
+        shutil.copy(path, folder)
+    bad = write_bad_images(str(folder))
+    module.main(['--model_dir', default_case.model_dir, '--image_dir', str(folder), '--batch_size', '2',
+                 '--threshold', '0', '--output_dir', out])
+    printed = capsys.readouterr()
+    for name, reason in bad.items():
+        assert f'WARNING: skipped {folder / name}: {reason}' in printed.err, printed.err
+    assert f'results of 3 image(s) written to {out}/results.json; 6 image(s) skipped' in printed.out, printed.out
+    batch_sizes = [int(line.split()[0]) for line in printed.out.splitlines() if ' image(s) in ' in line]
+    assert batch_sizes == [2, 1], printed.out
+    got = _results_by_image(out)
+    assert sorted(got) == sorted(IMAGE_SIZES)
+    for image, det in got.items():
+        assert_same_detections(det, default_case.ref[f'file_{image}'], what=f'{engine} {image}')
+    assert sorted(os.listdir(out)) == sorted(['results.json'] + [f'{name}.png' for name in IMAGE_SIZES])
+
+
+def test_a_bad_image_file_stops_the_script_naming_it(default_case, paddle_infer, tmp_path):
+    """--image_file of a bomb: ImageError naming the file and --max_pixels, nothing written; from the command
+    line a non-zero exit with that message (onnxruntime's script: no Paddle import, so quick)."""
+    bomb = str(tmp_path / 'bomb.png')
+    reason = write_bad_images(str(tmp_path))['bomb.png']
+    out = tmp_path / 'out'
+    with pytest.raises(ValueError) as info:
+        paddle_infer.main(['--model_dir', default_case.model_dir, '--image_file', bomb, '--output_dir', str(out)])
+    assert (type(info.value).__name__, str(info.value)) == ('ImageError', f'{bomb}: {reason}')
+    assert not (out / 'results.json').exists()
+    if not os.path.isfile(os.path.join(default_case.model_dir, 'model.onnx')):
+        pytest.skip('paddle2onnx is not installed: no model.onnx')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'deploy', 'onnxruntime', 'infer.py'), '--model_dir',
+                           default_case.model_dir, '--image_file', bomb, '--output_dir', str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode != 0 and proc.stderr.rstrip().endswith(f'ImageError: {bomb}: {reason}'), proc.stderr
+    # the flag raises the limit: the bomb is then read (and fails on its truncated data, not on its size)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'deploy', 'onnxruntime', 'infer.py'), '--model_dir',
+                           default_case.model_dir, '--image_file', bomb, '--output_dir', str(out), '--max_pixels',
+                           '4e8'], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.stderr.rstrip().endswith(f'ImageError: {bomb}: PNG image data cannot be decoded (corrupt or '
+                                         'truncated)'), proc.stderr
 
 
 def test_video_file(default_case, ort_infer, tmp_path):

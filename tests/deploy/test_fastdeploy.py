@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -40,3 +41,20 @@ def test_fastdeploy_example_matches_dygraph(tmp_path):
     got = np.array([[r['class_id'], r['score']] + r['bbox'] for r in rows], 'float32')
     err = assert_same_detections(got, case.ref['file_a_wide'], what='fastdeploy')
     assert os.path.isfile(str(tmp_path / 'a_wide.png')), f'no drawn image (max box err {err:.2e})'
+
+
+def test_fastdeploy_example_refuses_a_bad_image_before_building_the_model(tmp_path, monkeypatch):
+    """Runs here without FastDeploy: a stand-in module without any FastDeploy class means that reaching
+    build_model would be an AttributeError, so the ImageError shows the image is read first."""
+    import types
+
+    from helpers.bad_images import write_bad_images
+    from helpers.export_utils import load_deploy_module
+
+    monkeypatch.setitem(sys.modules, 'fastdeploy', types.ModuleType('fastdeploy'))
+    example = load_deploy_module('fastdeploy/infer.py', 'deploy_fastdeploy_infer')
+    reason = write_bad_images(str(tmp_path))['huge.jpg']
+    huge = str(tmp_path / 'huge.jpg')
+    with pytest.raises(ValueError) as info:
+        example.main(['--model_dir', str(tmp_path), '--image_file', huge])
+    assert type(info.value).__name__ == 'ImageError' and str(info.value).startswith(f'{huge}: {reason}'), info.value

@@ -5,9 +5,11 @@ scratch working directory, not the repo) is shared by the eval, resume and infer
 test runs in-process on one fixed batch.
 """
 import glob
+import importlib.util
 import json
 import os
 import re
+import shutil
 import types
 
 import numpy as np
@@ -15,7 +17,8 @@ import paddle
 import pytest
 from PIL import Image
 
-from conftest import fresh_config
+from conftest import ROOT, fresh_config
+from helpers.bad_images import write_bad_images
 from helpers.workflow_helpers import CATEGORY_IDS, TINY_CFG, Job, dataset_overrides, make_shapes, run, tool_command
 
 # ppdet's training log line, e.g. "Epoch: [1] [0/2] learning_rate: 0.000256 loss_class: ..."
@@ -84,24 +87,29 @@ def followups(trained):
     """From the trained run's checkpoints, at the same time (each tool is one thread, the machine has two):
 
     - `tools/train.py -r out/rtdetr_tiny/0`: the second epoch again, saving to out_resumed;
-    - `tools/infer.py --infer_dir <val images> --save_results` with the final weights, into infer_out.
+    - `tools/infer.py --infer_dir <val images + bad files> --save_results` with the final weights, into
+      infer_out (the bad files: tests/helpers/bad_images.py, to be skipped).
     """
     overrides = dataset_overrides(trained.data)
+    infer_in = trained.base / 'infer_in'
+    shutil.copytree(os.path.join(trained.data, 'images', 'val'), str(infer_in))
+    bad_images = write_bad_images(str(infer_in))
     resume = Job(tool_command('train', ['-c', TINY_CFG, '-r', 'out/rtdetr_tiny/0', '-o', 'save_dir=out_resumed']
                               + overrides), trained.cwd, str(trained.base / 'resume.log'))
     infer_out = os.path.join(trained.cwd, 'infer_out')
     # threshold 0 draws every one of the 20 kept detections: a 2-epoch model's scores are low
-    infer = Job(tool_command('infer', ['-c', TINY_CFG, '--infer_dir', os.path.join(trained.data, 'images', 'val'),
+    infer = Job(tool_command('infer', ['-c', TINY_CFG, '--infer_dir', str(infer_in),
                                        '--output_dir', infer_out, '--save_results', '--draw_threshold', '0.0',
                                        '-o', 'weights=out/rtdetr_tiny/model_final'] + overrides),
                 trained.cwd, str(trained.base / 'infer.log'))
     try:
         resume_log = resume.wait()
     finally:
-        infer.wait()
+        infer_log = infer.wait()
     return types.SimpleNamespace(
         resume_log=resume_log, resume_dir=os.path.join(trained.cwd, 'out_resumed', 'rtdetr_tiny'),
-        infer_out=infer_out, infer_inputs=sorted(glob.glob(os.path.join(trained.data, 'images', 'val', '*.jpg'))))
+        infer_out=infer_out, infer_inputs=sorted(glob.glob(os.path.join(trained.data, 'images', 'val', '*.jpg'))),
+        infer_in=str(infer_in), infer_log=infer_log, bad_images=bad_images)
 
 
 def test_resume_continues_at_epoch_1_with_the_learning_rate_schedule(trained, followups):
@@ -146,6 +154,38 @@ def test_infer_draws_the_boxes_on_every_image(followups):
         # grey (a khaki-and-grey drawing changed 0.75% of the pixels by over 96 levels, 35% by over 32)
         changed = (np.abs(drawn - source).max(-1) > 32).mean()
         assert changed > 0.02, '{}: only {:.2%} of the pixels changed, no boxes drawn'.format(drawn_path, changed)
+
+
+def test_infer_skips_the_bad_files_of_a_folder_naming_each(followups):
+    """The PNG bomb, the JPEG declaring 65000x65000, truncated / empty / text files among the val images: one
+    warning each with the reason, a count in the summary, and no drawing of them (the others: tests above)."""
+    for name, reason in followups.bad_images.items():
+        assert 'skipped {}: {}'.format(os.path.join(followups.infer_in, name), reason) in followups.infer_log, name
+    assert 'Found {} images in {}, 6 skipped'.format(NUM_VAL, followups.infer_in) in followups.infer_log
+    assert 'Inferred {} images, 6 skipped (unreadable or too large: bomb.png, cut.png, empty.jpg, huge.jpg, ' \
+        'notes.jpg, truncated.jpg)'.format(NUM_VAL) in followups.infer_log
+    assert not set(os.listdir(followups.infer_out)) & set(followups.bad_images)
+
+
+def _infer_tool():
+    spec = importlib.util.spec_from_file_location('infer_tool', os.path.join(ROOT, 'tools', 'infer.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_infer_stops_on_a_bad_infer_img_before_building_the_model(tmp_path):
+    infer = _infer_tool()
+    reasons = write_bad_images(str(tmp_path))
+    bomb = str(tmp_path / 'bomb.png')
+    with pytest.raises(infer.image_io.ImageError) as info:
+        infer.main(['-c', TINY_CFG, '--infer_img', bomb])
+    assert str(info.value) == '{}: {}'.format(bomb, reasons['bomb.png'])
+    with pytest.raises(FileNotFoundError, match='no readable image in {}: all 6 skipped'.format(tmp_path)):
+        infer.main(['-c', TINY_CFG, '--infer_dir', str(tmp_path)])
+    # --max_pixels raises the limit: the bomb's size passes, its truncated data does not
+    with pytest.raises(infer.image_io.ImageError, match='PNG image data cannot be decoded'):
+        infer.main(['-c', TINY_CFG, '--infer_img', bomb, '--max_pixels', '4e8'])
 
 
 def test_infer_saves_detections_with_the_dataset_category_ids(followups):
