@@ -15,6 +15,18 @@ Input contract (what the head passes; PaddleDetection's ``MaskDINOHead`` builds 
     The last set of each stack is the main prediction; the others give the ``*_aux`` losses.
     ``gt_mask`` (the reader's ``gt_segm``) covers the same padded input extent as the predicted masks, which
     are at a stride (4 in Mask-RT-DETR) of it: points are read in normalised coordinates of that extent.
+
+Where the official code (PaddleDetection develop, ``ppdet/modeling/losses/detr_loss.py``) fails, this one does
+what it means; the numbers are the same wherever the official code runs (tests/reference/README.md):
+    - a batch mixing images with and without gt: the official loss crashes gathering the matched masks (an empty
+      image gives a [0, w] block next to [n, h, w] ones); here empty images simply contribute no match;
+    - float64: the official losses end in float32 (a 0-D float64 sum over a [1] float32 ``num_gts`` stays
+      float32 in Paddle 3), and an all-empty float64 batch fails; here every loss keeps the predictions' dtype;
+    - its ``assert (cond, msg)`` checks nothing; here ``masks`` and ``gt_mask`` are required arguments, and the
+      matcher raises a ValueError when ``with_mask`` is set and they are missing;
+    - without gt the official box and mask losses are constants; here they are zeros that depend on the
+      predictions (the same graph on every rank), and ``aux_loss: False`` gives zero ``*_aux`` keys rather
+      than none.
 """
 import paddle
 

@@ -56,6 +56,22 @@ def test_mask_cost_match_is_the_brute_force_optimum_of_the_numpy_cost(float64_de
         assert sorted(tgt.numpy().tolist()) == list(range(sizes[i]))
 
 
+@pytest.mark.parametrize('other_sizes', [[2], [0], [5, 1]])
+def test_first_image_matches_as_alone_whatever_follows(other_sizes):
+    # image 0 reads the first points of the draw in any batch: its match may not depend on the others
+    rng = np.random.default_rng(4)
+    batch = _case(rng, [3] + other_sizes)
+    matcher = RTDETRHungarianMatcher({'class': 2, 'bbox': 5, 'giou': 2, 'mask': 5, 'dice': 5}, with_mask=True,
+                                     num_sample_points=40)
+    paddle.seed(1)
+    together = matcher(*batch[:4], masks=batch[4], gt_mask=batch[5])[0]
+    paddle.seed(1)
+    alone = matcher(batch[0][:1], batch[1][:1], batch[2][:1], batch[3][:1], masks=batch[4][:1],
+                    gt_mask=batch[5][:1])[0]
+    for got, want in zip(together, alone):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
 def test_masks_decide_when_boxes_and_classes_tie(float64_default):
     # identical boxes and scores; query 0 predicts gt 1's mask, query 2 gt 0's
     gt = np.zeros((2, 8, 8))
