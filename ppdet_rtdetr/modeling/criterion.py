@@ -160,7 +160,10 @@ class RTDETRCriterion(object):
             # the weight is a constant of the BCE: no gradient through the predicted score
             pred_score = F.sigmoid(logits).detach()
             weight = self.vfl_alpha * pred_score.pow(self.vfl_gamma) * (1 - label) + score
-            loss = F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction='sum')
+            loss = F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction='none')
+            # sum / num_gts, reduced as PaddleDetection does (mean over queries, over num_gts / q): in float32
+            # the official bits (tests/reference/mask_rtdetr_loss_ref.npz)
+            return self.loss_coeff['class'] * (loss.mean(1).sum() / (num_gts / num_queries))
         else:
             loss = F.sigmoid_focal_loss(logits, label, alpha=0.25, gamma=2.0, reduction='sum')
         return self.loss_coeff['class'] * loss / num_gts

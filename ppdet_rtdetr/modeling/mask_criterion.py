@@ -150,16 +150,15 @@ class RTDETRMaskCriterion(RTDETRCriterion):
         loss_dice = self.loss_coeff['dice'] * dice_loss(src_at, tgt_at).sum() / num_gts
         return loss_mask, loss_dice
 
-    def _single_losses(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask, indices, num_gts, is_main):
+    def _single_mask_losses(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask, indices, num_gts, is_main):
         """(class, bbox, giou, mask, dice) of one set: boxes [b, q, 4], logits [b, q, k], masks [b, q, h, w]."""
         flat_idx, src_boxes, tgt_boxes, tgt_cls = self._matched(boxes, gt_bbox, gt_class, indices)
+        matched_iou = None
         if src_boxes is None:
-            matched_iou = None
             # no gt: zero, but still a function of masks so the graph matches the other ranks
             loss_mask = loss_dice = masks.sum() * 0.
         else:
             src_masks, tgt_masks = self._matched_masks(masks, gt_mask, flat_idx, indices)
-            matched_iou = None
             if self.use_vfl:
                 matched_iou = (binary_mask_iou(src_masks, tgt_masks) if is_main and self.vfl_iou_type == 'mask'
                                else self._box_iou(src_boxes, tgt_boxes))
@@ -168,7 +167,8 @@ class RTDETRMaskCriterion(RTDETRCriterion):
         loss_bbox, loss_giou = self._box_losses(boxes, src_boxes, tgt_boxes, num_gts)
         return loss_class, loss_bbox, loss_giou, loss_mask, loss_dice
 
-    def _set_losses(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts, suffix, fixed_indices=None):
+    def _mask_set_losses(self, boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts, suffix,
+                         fixed_indices=None):
         """Main (last) and summed aux (the others) losses of stacks [n, b, q, ...] of predictions."""
         num_out = boxes.shape[0]
         # the main set first, then the aux sets in order: the official order of the random draws
@@ -178,8 +178,8 @@ class RTDETRMaskCriterion(RTDETRCriterion):
             indices = fixed_indices
             if indices is None:
                 indices = self.matcher(boxes[j], logits[j], gt_bbox, gt_class, masks=masks[j], gt_mask=gt_mask)
-            per_set[j] = self._single_losses(boxes[j], logits[j], masks[j], gt_bbox, gt_class, gt_mask, indices,
-                                             num_gts, is_main=j == num_out - 1)
+            per_set[j] = self._single_mask_losses(boxes[j], logits[j], masks[j], gt_bbox, gt_class, gt_mask,
+                                                  indices, num_gts, is_main=j == num_out - 1)
         losses = {}
         aux = [per_set[j] for j in order[1:]]
         for n, name in enumerate(_LOSS_NAMES):
@@ -201,7 +201,7 @@ class RTDETRMaskCriterion(RTDETRCriterion):
                  dn_meta=None):
         num_gts = mean_num_gts(gt_bbox).astype(logits.dtype)
         gt_mask = [m.astype(masks.dtype) for m in gt_mask]
-        losses = self._set_losses(boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts, suffix='')
+        losses = self._mask_set_losses(boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts, suffix='')
         if dn_meta is None:
             for name in list(losses):
                 losses[f'{name}_dn'] = paddle.zeros([], dtype=boxes.dtype)
@@ -209,6 +209,6 @@ class RTDETRMaskCriterion(RTDETRCriterion):
         dn_num_group = dn_meta['dn_num_group']
         dn_indices = _fixed_dn_indices(dn_meta['dn_positive_idx'], dn_num_group, gt_bbox)
         losses.update(
-            self._set_losses(dn_out_bboxes, dn_out_logits, dn_out_masks, gt_bbox, gt_class, gt_mask,
-                             num_gts * dn_num_group, suffix='_dn', fixed_indices=dn_indices))
+            self._mask_set_losses(dn_out_bboxes, dn_out_logits, dn_out_masks, gt_bbox, gt_class, gt_mask,
+                                  num_gts * dn_num_group, suffix='_dn', fixed_indices=dn_indices))
         return losses
