@@ -96,6 +96,10 @@ class RTDETRCriterion(object):
     """
     __shared__ = ['num_classes', 'use_focal_loss']
     __inject__ = ['matcher']
+    # The varifocal weight alpha * p**gamma of the negatives is a constant here, as in the authors' RT-DETR
+    # (PyTorch); PaddleDetection's varifocal_loss_with_logits lets the gradient through it (a subclass that
+    # follows PaddleDetection's gradients sets True). The loss values are the same either way.
+    vfl_weight_grad = False
 
     def __init__(self,
                  num_classes=80,
@@ -157,8 +161,9 @@ class RTDETRCriterion(object):
         elif self.use_vfl:
             # [b*q] -> [b, q, 1]: the IoU sits at the matched class only
             score = target_iou.reshape([bs, num_queries, 1]) * label
-            # the weight is a constant of the BCE: no gradient through the predicted score
-            pred_score = F.sigmoid(logits).detach()
+            pred_score = F.sigmoid(logits)
+            if not self.vfl_weight_grad:
+                pred_score = pred_score.detach()
             weight = self.vfl_alpha * pred_score.pow(self.vfl_gamma) * (1 - label) + score
             loss = F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction='none')
             # sum / num_gts, reduced as PaddleDetection does (mean over queries, over num_gts / q): in float32
