@@ -106,7 +106,7 @@ class RTDETRHungarianMatcher(object):
         bs, num_queries = boxes.shape[:2]
         if self.with_mask and (masks is None or gt_mask is None):
             raise ValueError('RTDETRHungarianMatcher: with_mask=True needs masks [b, q, h, w] and gt_mask '
-                             f'(b tensors [n_i, H, W]), got masks={None if masks is None else masks.shape}, '
+                             f'(b tensors [n_i, H, W]), got masks={None if masks is None else list(masks.shape)}, '
                              f'gt_mask={None if gt_mask is None else len(gt_mask)}')
         sizes = [int(g.shape[0]) for g in gt_bbox]
         if sum(sizes) == 0:
