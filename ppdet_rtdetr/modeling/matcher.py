@@ -26,7 +26,8 @@ class RTDETRHungarianMatcher(object):
 
     Args:
         matcher_coeff (dict): weights of the cost terms, keys 'class', 'bbox' (L1 of normalised
-            cxcywh boxes) and 'giou' (negative GIoU of the xyxy boxes).
+            cxcywh boxes) and 'giou' (negative GIoU of the xyxy boxes); 'mask' and 'dice' are read only
+            with ``with_mask``.
         use_focal_loss (bool): True for sigmoid class scores, costed with the focal-loss
             difference ``pos - neg`` at the gt class; False for softmax scores, costed with
             ``-prob``. Shared with the criterion through the global config.
