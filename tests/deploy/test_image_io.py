@@ -123,8 +123,10 @@ try:
 except ImageError as e:
     print('refused', e)
 refused = peak() - base
-read_image({path!r}, max_pixels=0)  # the control: the same file decoded
-print(refused // 1024, (peak() - base) // 1024)
+resident = lambda: int(open('/proc/self/statm').read().split()[1]) * 4  # KiB resident now
+before = resident()
+image = read_image({path!r}, max_pixels=0)  # the control: the same file decoded, held while measured
+print(refused // 1024, (resident() - before) // 1024)
 """
 
 
