@@ -1,4 +1,5 @@
-"""PP-HGNetV2 backbone for RT-DETR-L / -X / -H and Mask-RT-DETR-S / -M / -L / -X / -H, with the parameter names of ppdet's ``PPHGNetV2``.
+"""PP-HGNetV2 backbone for RT-DETR-L / -X / -H and Mask-RT-DETR-S / -M / -L / -X / -H, with the parameter names
+of ppdet's ``PPHGNetV2``.
 
 paddledet 2.6.0 has no PP-HGNetV2, and newer PaddleDetection registers ``PPHGNetV2``, so this is our
 own class under another registry name. Attribute names (``stem.stem2a.bn``, ``stages.2.downsample``,
@@ -267,7 +268,8 @@ class RTDETRHGNetV2(nn.Layer):
         list[Tensor]: ``forward(inputs)`` takes ``inputs['image']`` of shape [b, 3, h, w] and returns
         one feature map per ``return_idx`` entry, [b, c_i, h_i, w_i] with strides s_i in
         (4, 8, 16, 32), h_i = ceil(h / s_i) (likewise w), and c_i = (64, 256, 512, 1024) for S,
-        (96, 384, 768, 1536) for M, (128, 512, 1024, 2048) for L and X, (192, 512, 1024, 2048) for H. ``out_shape`` lists the same channels and strides as ShapeSpec.
+        (96, 384, 768, 1536) for M, (128, 512, 1024, 2048) for L and X, (192, 512, 1024, 2048) for H.
+        ``out_shape`` lists the same channels and strides as ShapeSpec.
     """
 
     def __init__(self,

@@ -1,6 +1,6 @@
 """Official-style RT-DETR(v2) configs (tests/official/configs, written for the tests) and PaddleDetection's own
-Mask-RT-DETR configs (copies) load through ppdet_rtdetr.load_config into our modules: official layouts, official defaults, readers, optimizer, clear errors;
-other configs and a ppdet that has the official modules are left alone."""
+Mask-RT-DETR configs (copies) load through ppdet_rtdetr.load_config into our modules: official layouts, official
+defaults, readers, optimizer, clear errors; other configs and a ppdet that has the official modules are left alone."""
 import os
 import re
 import textwrap
@@ -109,7 +109,8 @@ def _official(tmp_path, text, base=V1_TINY):
      "RTDETRTransformer.cross_attn_sampling_method: option not supported by RTDETRDeformableTransformer"),
     ('DINOHead: {eval_idx: 2}\n', "DINOHead.eval_idx: 2 is not supported by RTDETRHead (only -1)"),
     ('DETR: {backbone: MyNet}\n', "DETR.backbone: 'MyNet' is neither an official RT-DETR backbone we translate"),
-    ('DETR: {neck: MyEncoder}\n', "DETR.neck: 'MyEncoder': ppdet_rtdetr builds RT-DETR with HybridEncoder or MaskHybridEncoder here"),
+    ('DETR: {neck: MyEncoder}\n',
+     "DETR.neck: 'MyEncoder': ppdet_rtdetr builds RT-DETR with HybridEncoder or MaskHybridEncoder here"),
     ('TransformerLayer: {normalize_before: true}\n',
      'TransformerLayer.normalize_before: True is not supported by TransformerLayer (only False)'),
     ('TrainReader: {sample_transforms: [{Decode: {}}, {RandomFlip: {prob: 0.5, axis: 1}}]}\n',
