@@ -14,7 +14,8 @@ class RTDETRDetector(BaseArch):
         backbone, neck, transformer, detr_head: built from the config (`from_config` wires out_shape).
         post_process (RTDETRPostProcess | RTDETRMaskPostProcess): injected.
         exclude_post_process (bool): eval/export returns the raw (boxes [b, n, 4] sigmoid cxcywh,
-            logits [b, n, k]) instead of detections.
+            logits [b, n, k]) instead of detections (as 'bbox' and 'bbox_num'; with_mask adds 'mask', the mask
+            logits [b, n, h/4, w/4]).
         with_mask (bool): Mask-RT-DETR (`RTDETRMaskHybridEncoder`, `RTDETRMaskTransformer`, `RTDETRMaskHead`,
             `RTDETRMaskPostProcess`): eval also returns 'mask'.
 
@@ -52,7 +53,7 @@ class RTDETRDetector(BaseArch):
             return self.detr_head(out_transformer, body_feats, self.inputs)
         preds = self.detr_head(out_transformer, body_feats)
         if self.exclude_post_process:
-            return preds[0], preds[1]
+            return preds if self.with_mask else (preds[0], preds[1])
         # the official DETR passes `image[2:].shape` (a batch slice) as pad_shape: the input's (h, w) is meant
         bbox, bbox_num, mask = self.post_process(preds, self.inputs['im_shape'], self.inputs['scale_factor'],
                                                  self.inputs['image'].shape[2:])
@@ -67,6 +68,6 @@ class RTDETRDetector(BaseArch):
         # with exclude_post_process the keys carry the raw boxes and logits (ppdet's export contract)
         out = self._forward()
         pred = {'bbox': out[0], 'bbox_num': out[1]}
-        if self.with_mask and not self.exclude_post_process:
+        if self.with_mask:
             pred['mask'] = out[2]
         return pred

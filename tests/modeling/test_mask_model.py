@@ -118,3 +118,18 @@ def test_bad_encoder_options_are_refused():
     with pytest.raises(ValueError, match=r'use_encoder_idx=\[0\]: level 0'):
         RTDETRMaskHybridEncoder(use_encoder_idx=[0])
     assert isinstance(RTDETRMaskHead(), RTDETRMaskHead)
+
+
+def test_exclude_post_process_returns_the_raw_mask_logits(model):
+    x = paddle.rand([1, 3, 64, 96])
+    with paddle.no_grad():
+        model.exclude_post_process = True
+        try:
+            raw = model(_batch(x, [[1., 1.]]))
+        finally:
+            model.exclude_post_process = False
+        feats = model.neck(model.backbone({'image': x}))
+        logits, boxes, masks = model.transformer(feats, None, None)[:3]
+    np.testing.assert_array_equal(raw['bbox'].numpy(), boxes[-1].numpy())
+    np.testing.assert_array_equal(raw['bbox_num'].numpy(), logits[-1].numpy())
+    np.testing.assert_array_equal(raw['mask'].numpy(), masks[-1].numpy())
