@@ -33,6 +33,9 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
     original height and width in the batch: image i's masks fill [:h_i, :w_i] and are 0 beyond (ppdet's Mask R-CNN
     convention for batches); with one image they are exactly its size, as the official output.
 
+    Sizes stay tensors, so the same code runs in an exported graph; the loop over the images needs the batch size
+    known when the graph is built (a fixed-batch export).
+
     The official code passes ``image[2:].shape`` as pad_shape (a slice of the batch, not of the shape); here the
     architecture passes the input's (h, w), which is what 'pad' needs. With 'origin' (every official config)
     pad_shape is not read, so the bug had no effect there.
