@@ -8,7 +8,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ppdet.core.workspace import SchemaDict, create, global_config
 
 import ppdet_rtdetr  # noqa: F401  (registers modules)
-from conftest import model_layout, reference_layout
+from conftest import TINY_CFG, fresh_config, model_layout, reference_layout
 from ppdet_rtdetr.modeling.hgnetv2 import RTDETRHGNetV2
 
 H, W = 64, 96  # non-square on purpose, so an h/w swap shows up
@@ -96,7 +96,10 @@ def _np_hg_block(x, sd, light, residual, num_layers=6):
 # ---- tests ----
 
 @pytest.mark.parametrize('arch, fname', [('L', 'rtdetr_hgnetv2_l_keys.txt'),
-                                         ('X', 'rtdetr_hgnetv2_x_keys.txt')])
+                                         ('X', 'rtdetr_hgnetv2_x_keys.txt'),
+                                         ('S', 'mask_rtdetr_hgnetv2_s_keys.txt'),
+                                         ('M', 'mask_rtdetr_hgnetv2_m_keys.txt'),
+                                         ('H', 'mask_rtdetr_hgnetv2_h_keys.txt')])
 def test_state_dict_matches_official_checkpoint(arch, fname):
     ref = reference_layout(fname, 'backbone.')
     ours = model_layout(RTDETRHGNetV2(arch=arch))
@@ -264,6 +267,7 @@ def test_sync_bn_falls_back_to_batchnorm_on_one_process():
 
 
 def test_registered_with_ppdet_schema():
+    fresh_config(TINY_CFG)  # a clean workspace: a config loaded before (Mask-RT-DETR: 4 levels) must not leak in
     schema = global_config['RTDETRHGNetV2']
     assert isinstance(schema, SchemaDict)
     model = create('RTDETRHGNetV2')
