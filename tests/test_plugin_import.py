@@ -28,10 +28,11 @@ PPDET_OWN = [
 
 # what registering adds: config modules to ppdet's workspace, transforms to ppdet.data.transform (all ours, none
 # replaced); a new registered class belongs in this list, and its name must collide with nothing of ppdet's
-REGISTERED = ['RTDETRCOCODataSet', 'RTDETRCriterion', 'RTDETRDeformableTransformer', 'RTDETRDetector', 'RTDETRFocalNet',
-              'RTDETRHGNetV2', 'RTDETRHead', 'RTDETRHungarianMatcher', 'RTDETRHybridEncoder', 'RTDETRMaskCriterion',
-              'RTDETROptimizerBuilder', 'RTDETRPostProcess', 'RTDETRResNet', 'RTDETRSwinTransformer',
-              'RTDETRTrainReader']
+REGISTERED = ['RTDETRCOCODataSet', 'RTDETRCriterion', 'RTDETRDeformableTransformer', 'RTDETRDetector',
+              'RTDETRFocalNet', 'RTDETRHGNetV2', 'RTDETRHead', 'RTDETRHungarianMatcher', 'RTDETRHybridEncoder',
+              'RTDETRMaskCriterion', 'RTDETRMaskHead', 'RTDETRMaskHybridEncoder', 'RTDETRMaskPostProcess',
+              'RTDETRMaskTransformer', 'RTDETROptimizerBuilder', 'RTDETRPostProcess', 'RTDETRResNet',
+              'RTDETRSwinTransformer', 'RTDETRTrainReader']
 TRANSFORMS = ['BeforeStopEpoch', 'DenseMosaic', 'EpochWindow', 'RandomApply']
 
 # the crash fixes of ppdet_rtdetr/compat.py, each tested in tests/test_compat.py: (module, name) -> what changed
