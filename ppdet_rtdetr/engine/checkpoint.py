@@ -29,7 +29,7 @@ from ppdet.utils.checkpoint import is_url
 from ppdet.utils.download import get_weights_path
 from ppdet.utils.logger import setup_logger
 
-from . import safe_load
+from . import safe_load, stop_signals
 
 logger = setup_logger(__name__)
 
@@ -96,6 +96,7 @@ def save_atomic(files):
     _fsync_dir(os.path.dirname(next(iter(files))))
 
 
+@stop_signals.deferring  # SIGTERM / SIGINT wait for the save to finish (RTDETRTrainer.train)
 def save_model(model, optimizer, save_dir, save_name, last_epoch, ema_model=None):
     """ppdet's ``save_model``, written atomically (see the module docstring).
 

@@ -10,6 +10,8 @@ pick the class; our tools construct ``RTDETRTrainer``. Whoever builds ppdet's ``
 * ``resume_weights`` takes a checkpoint or a folder (its newest complete checkpoint: ``checkpoint.resume_path``)
   and restores it with ``checkpoint.load_checkpoint``;
 * checkpoints are written atomically (``checkpoint.AtomicCheckpointer`` replaces ppdet's ``Checkpointer``);
+* ``train`` holds the lock of its save_dir, checked writable first, and stops cleanly on SIGTERM / SIGINT
+  (``run_folder``, ``stop_signals``);
 * ``train`` runs with the non-finite-loss guard (``loss_guard``; ``stop_on_nonfinite_loss: false`` turns it
   off, ``nonfinite_loss_patience`` sets how many consecutive non-finite losses an ``--amp`` run skips);
 * with ``norm_type: sync_bn`` on several devices, norms that use global statistics (frozen: ``freeze_norm``)
@@ -24,7 +26,7 @@ from ppdet.engine.callbacks import Checkpointer, ComposeCallback
 from ppdet.utils.logger import setup_logger
 
 from ..compat import BATCH_NORMS
-from . import checkpoint, conv_grad, dnnl, loss_guard, pretrain
+from . import checkpoint, conv_grad, dnnl, loss_guard, pretrain, run_folder
 
 logger = setup_logger(__name__)
 
@@ -118,7 +120,8 @@ class RTDETRTrainer(Trainer):
             # ppdet's train() would convert again, frozen norms included: it reads norm_type from our cfg copy
             self.cfg['norm_type'] = 'bn'
         try:
-            return super().train(validate)
+            with run_folder.training_run(self):  # save_dir locked and checked; SIGTERM / SIGINT handled
+                return super().train(validate)
         finally:
             for guard in guards:
                 guard.remove()
