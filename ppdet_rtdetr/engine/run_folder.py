@@ -272,8 +272,8 @@ def hold(folder, size, rank=0):
 def training_run(trainer):
     """What ``RTDETRTrainer.train`` runs in: ``hold`` on the folder its checkpointer saves into, and
     ``stop_signals.stop_cleanly`` (see the module docstring)."""
-    folders = [c.save_dir for c in trainer._callbacks if isinstance(c, Checkpointer)]
-    if not folders:  # nothing is saved: nothing to lock
+    folders = [c.save_dir for c in getattr(trainer, '_callbacks', ()) if isinstance(c, Checkpointer)]
+    if not folders:  # nothing is saved (no checkpointer): nothing to lock
         yield
         return
     size = checkpoint_bytes(trainer.model, trainer.use_ema)

@@ -42,10 +42,15 @@ class _Stop(BaseException):
     """Raised in the main thread to stop training; ``stop_cleanly`` turns it into the exit."""
 
     def __init__(self, signum):
-        global _stopping
         super().__init__(signum)
         self.signum = signum
-        _stopping = True
+
+
+def _stop(signum):
+    """The exception that stops training; signals after it change nothing."""
+    global _stopping
+    _stopping = True
+    return _Stop(signum)
 
 
 def deferring(function):
@@ -61,7 +66,7 @@ def deferring(function):
             _saves -= 1
             if _saves == 0 and _pending is not None:
                 signum, _pending = _pending, None
-                raise _Stop(signum)
+                raise _stop(signum)
 
     return wrapper
 
@@ -78,7 +83,7 @@ def _handle(signum, frame):
     if _saves:
         _pending = signum
         return
-    raise _Stop(signum)
+    raise _stop(signum)
 
 
 def _libc():
