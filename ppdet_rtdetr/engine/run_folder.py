@@ -124,15 +124,16 @@ class RunLock(object):
         try:
             os.makedirs(self.folder, exist_ok=True)
             previous = self._flock() if fcntl is not None else self._create_exclusive()
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.write(self._fd, json.dumps(_record()).encode('utf-8'))
         except OSError as e:
+            self.release()
             raise _unwritable(self.folder, 'creating the lock file ' + self.path, e)
         if previous:
             logger.warning('{}: taking over the lock of pid {} on {} (since {}), a run that ended without '
                            'releasing it'.format(self.path, previous.get('pid'), previous.get('host'),
                                                  previous.get('since')))
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        os.write(self._fd, json.dumps(_record()).encode('utf-8'))
         return self
 
     def _busy(self, record):
@@ -153,8 +154,8 @@ class RunLock(object):
             except BaseException:
                 os.close(fd)
                 raise
-            # the holder we waited for may have removed the file (release) after we opened it: the flock we
-            # got is then on a file nobody else will open, so start again on the current one
+            # the previous holder may have released (removed) the file between our open and our flock: the
+            # flock we got is then on a file nobody else will open, so start again on the current one
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -182,14 +183,17 @@ class RunLock(object):
         return record
 
     def release(self):
-        """Remove the lock file, then close it (which drops the flock)."""
+        """Remove the lock file and close it (a no-op when not held)."""
         if self._fd is None:
             return
+        if fcntl is None:  # Windows cannot remove an open file; without flock the order does not matter
+            os.close(self._fd)
         try:
             os.remove(self.path)
         except FileNotFoundError:
             pass
-        os.close(self._fd)
+        if fcntl is not None:  # closed last: the flock is held until the file is gone (see _flock)
+            os.close(self._fd)
         self._fd = None
 
 
