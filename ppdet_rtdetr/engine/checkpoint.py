@@ -35,7 +35,7 @@ from ppdet.utils.checkpoint import is_url
 from ppdet.utils.download import get_weights_path
 from ppdet.utils.logger import setup_logger
 
-from . import manifest, safe_load, safetensors_state
+from . import manifest, safe_load, safetensors_state, stop_signals
 from .manifest import DamagedCheckpointError
 
 logger = setup_logger(__name__)
@@ -148,6 +148,7 @@ def save_atomic(files):
     return digests
 
 
+@stop_signals.deferring  # SIGTERM / SIGINT wait for the save to finish (RTDETRTrainer.train)
 def save_model(model, optimizer, save_dir, save_name, last_epoch, ema_model=None, checkpoint_format=DEFAULT_FORMAT):
     """ppdet's ``save_model``, written atomically with a manifest (see the module docstring).
 

@@ -12,6 +12,8 @@ pick the class; our tools construct ``RTDETRTrainer``. Whoever builds ppdet's ``
   and restores it with ``checkpoint.load_checkpoint``;
 * checkpoints are written atomically with a manifest of digests, as ``.pdparams`` or ``.safetensors``
   (``checkpoint_format``; ``checkpoint.AtomicCheckpointer`` replaces ppdet's ``Checkpointer``);
+* ``train`` holds the lock of its save_dir, checked writable first, and stops cleanly on SIGTERM / SIGINT
+  (``run_folder``, ``stop_signals``);
 * ``train`` runs with the non-finite-loss guard (``loss_guard``, which also checks the predictions before the
   matcher; ``stop_on_nonfinite_loss: false`` turns it off, ``nonfinite_loss_patience`` sets how many consecutive
   non-finite steps an ``--amp`` run skips); a non-finite matching cost ends it with the step named;
@@ -33,7 +35,7 @@ from ppdet.utils.logger import setup_logger
 from ..compat import BATCH_NORMS
 from ..modeling.matcher import NonFiniteCostError
 from ..native import conv_grad, onednn
-from . import checkpoint, loss_guard, pretrain
+from . import checkpoint, loss_guard, pretrain, run_folder
 
 logger = setup_logger(__name__)
 
@@ -143,7 +145,8 @@ class RTDETRTrainer(Trainer):
             # ppdet's train() would convert again, frozen norms included: it reads norm_type from our cfg copy
             self.cfg['norm_type'] = 'bn'
         try:
-            return super().train(validate)
+            with run_folder.training_run(self):  # save_dir locked and checked; SIGTERM / SIGINT handled
+                return super().train(validate)
         except NonFiniteCostError as e:
             raise loss_guard.cost_error(e, self.status) from e  # the same error, naming the step
         finally:

@@ -6,12 +6,23 @@ export made with `export.cpu_fused_attention: True` uses it: Paddle Inference + 
 R18vd at 640 in 0.84 of the portable export's time (benchmarks/README.md). The library is built with Paddle's
 C++ extension tool (a C++ compiler, ~15 s once; cached in Paddle's extension folder, `PADDLE_EXTENSION_DIR`)
 and copied into the export, whose deploy scripts register it before they create a predictor.
+
+When Paddle's extension folder cannot be written (read-only, another user's, a file in its place), the library
+already built there is used if it is current, else it is built in a private temporary folder; one line says
+which. "Current" is Paddle's own check (the build flags recorded in `version.txt`, and the library newer than
+its source), run on a copy of the two files in the private folder, so nothing is written where it cannot be.
 """
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import paddle
+
+from ppdet.utils.logger import setup_logger
+
+logger = setup_logger(__name__)
 
 __all__ = ['LIBRARY_NAME', 'OP_NAME', 'load_cpu_ops', 'register_library', 'ms_deform_attn_cpu']
 
@@ -22,7 +33,7 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ms_deform_at
 _CFLAGS = ['-O3', '-ffp-contract=off']
 # Paddle's `load` builds and registers at once; the child process only builds (see register_library)
 _BUILD = ('import sys, warnings; warnings.simplefilter("ignore"); from paddle.utils.cpp_extension import load; '
-          'load(name=sys.argv[1], sources=[sys.argv[2]], extra_cxx_cflags=sys.argv[3:])')
+          'load(name=sys.argv[1], sources=[sys.argv[2]], build_directory=sys.argv[3], extra_cxx_cflags=sys.argv[4:])')
 _library = None
 
 
@@ -46,10 +57,72 @@ def _lock(f):
     fcntl.flock(f, fcntl.LOCK_EX)
 
 
+def _extension_folder():
+    # paddle.utils.cpp_extension.get_build_directory's answer, without its makedirs (which may fail here)
+    return os.environ.get('PADDLE_EXTENSION_DIR') or os.path.join(os.path.expanduser('~/.cache'), 'paddle_extensions')
+
+
+def _library_path(folder):
+    return os.path.join(folder, LIBRARY_NAME, LIBRARY_NAME + '.so')
+
+
+def _build(folder):
+    """Build the library in the extension folder `folder` unless Paddle finds it current; returns its path.
+
+    Raises:
+        OSError: `folder` cannot be written (its lock file cannot be created).
+        RuntimeError: the build failed, with the compiler's last output.
+    """
+    path = _library_path(folder)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # one build at a time: processes started together (parallel exports) would write the same files
+    with open(os.path.join(os.path.dirname(path), '.lock'), 'w') as lock:
+        _lock(lock)
+        proc = subprocess.run([sys.executable, '-c', _BUILD, LIBRARY_NAME, _SOURCE, folder] + _CFLAGS,
+                              capture_output=True, text=True)
+    if proc.returncode != 0 or not os.path.isfile(path):
+        raise RuntimeError(
+            f"export.cpu_fused_attention needs ppdet_rtdetr's CPU operator, built from {_SOURCE} with a C++ "
+            "compiler (g++) and Paddle's headers; the build failed. Export without the option (the "
+            f"portable graph) or install a compiler. Build output:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return path
+
+
+def _stamp(path):
+    return (os.stat(path).st_mtime_ns, os.stat(path).st_size) if os.path.isfile(path) else None
+
+
+def _build_privately(shared, error):
+    """The library of the unwritable extension folder `shared` if current, else one built in a new temporary
+    folder (see the module docstring); logs one line naming both folders and `error`."""
+    private = tempfile.mkdtemp(prefix='ppdet_rtdetr_ops_')
+    built, copy = _library_path(shared), _library_path(private)
+    if os.path.isfile(built):
+        os.makedirs(os.path.dirname(copy))
+        for name in (os.path.basename(built), 'version.txt'):
+            if os.path.isfile(os.path.join(os.path.dirname(built), name)):
+                shutil.copy2(os.path.join(os.path.dirname(built), name), os.path.dirname(copy))  # keeps mtimes
+    before = _stamp(copy)
+    try:
+        path = _build(private)
+    except BaseException:
+        shutil.rmtree(private)
+        raise
+    if before is not None and _stamp(path) == before:  # Paddle left the copy alone: the library is current
+        shutil.rmtree(private)
+        logger.info(f"Paddle's extension folder {shared} is not writable ({error}); using the CPU operator "
+                    f"library already built there, {built}")
+        return built
+    logger.warning(f"Paddle's extension folder {shared} is not writable ({error}) and holds no current CPU "
+                   f"operator library: built it in {os.path.dirname(path)} instead")
+    return path
+
+
 @paddle.jit.not_to_static  # called while tracing an export: plain Python (its `global` defeats the converter)
 def load_cpu_ops():
     """Build the operator library if its source changed (in a child process; ~15 s, cached in Paddle's
-    extension folder), register it in this process, and return the library file's path.
+    extension folder, or see the module docstring when that cannot be written), register it in this process,
+    and return the library file's path.
 
     Raises:
         RuntimeError: the build failed (no C++ compiler, or Paddle's headers missing), with the compiler's
@@ -57,19 +130,11 @@ def load_cpu_ops():
     """
     global _library
     if _library is None:
-        from paddle.utils.cpp_extension import get_build_directory
-        path = os.path.join(get_build_directory(), LIBRARY_NAME, LIBRARY_NAME + '.so')
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        # one build at a time: processes started together (parallel exports) would write the same files
-        with open(os.path.join(os.path.dirname(path), '.lock'), 'w') as lock:
-            _lock(lock)
-            proc = subprocess.run([sys.executable, '-c', _BUILD, LIBRARY_NAME, _SOURCE] + _CFLAGS,
-                                  capture_output=True, text=True)
-        if proc.returncode != 0 or not os.path.isfile(path):
-            raise RuntimeError(
-                f"export.cpu_fused_attention needs ppdet_rtdetr's CPU operator, built from {_SOURCE} with a C++ "
-                "compiler (g++) and Paddle's headers; the build failed. Export without the option (the "
-                f"portable graph) or install a compiler. Build output:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        shared = _extension_folder()
+        try:
+            path = _build(shared)
+        except OSError as e:
+            path = _build_privately(shared, e)
         register_library(path)
         _library = path
     return _library
