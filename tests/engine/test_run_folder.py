@@ -128,7 +128,8 @@ def test_checkpoint_estimate_matches_a_written_checkpoint(tmp_path):
     written = sum(os.path.getsize(folder / name) for name in ('model_final.pdparams', 'model_final.pdopt'))
     # the rest is pickle framing, ~200 bytes per tensor: 1.4% of this tiny model, far less of a real one
     assert 0.97 < estimate / written <= 1, (estimate, written)
-    assert checkpoint_files(folder) == ['model_final.pdopt', 'model_final.pdparams']  # no lock, no probe left
+    # no lock, no probe left
+    assert checkpoint_files(folder) == ['model_final.manifest.json', 'model_final.pdopt', 'model_final.pdparams']
 
 
 UNSHARED = """

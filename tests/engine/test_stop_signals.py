@@ -42,7 +42,8 @@ def test_sigterm_during_a_save_finishes_it_and_the_folder_resumes(tmp_path):
                        .format(run_dir)], proc.stderr[-3000:]
     assert 'FatalError' not in proc.stderr and 'Traceback' not in proc.stderr
     # checkpoint 1 was completed after the signal; no temporary, no lock left
-    assert checkpoint_files(run_dir) == ['0.pdopt', '0.pdparams', '1.pdopt', '1.pdparams']
+    assert checkpoint_files(run_dir) == ['0.manifest.json', '0.pdopt', '0.pdparams', '1.manifest.json', '1.pdopt',
+                                        '1.pdparams']
     assert paddle.load(str(run_dir / '1.pdopt'))['last_epoch'] == 2
 
     cfg = light_config(tmp_path / 'out', str(tmp_path / 'data'), epoch=3)
@@ -84,7 +85,7 @@ def test_after_kill_9_the_next_run_takes_the_lock_over_and_removes_the_temporary
          .format(run_dir / run_folder.LOCK_NAME, proc.pid, dead['host'], dead['since'])),
         ('INFO', 'Removed 1 temporary file(s) of interrupted saves from {}: {}'.format(run_dir, temps[0]))]
     assert dead['pid'] == proc.pid
-    assert checkpoint_files(run_dir) == ['model_final.pdopt', 'model_final.pdparams']
+    assert checkpoint_files(run_dir) == ['model_final.manifest.json', 'model_final.pdopt', 'model_final.pdparams']
 
 
 def _raw_action(signum):
