@@ -11,7 +11,7 @@ setup(
     description='RT-DETR and RT-DETRv2 real-time detection transformers for PaddleDetection',
     packages=find_packages(include=['ppdet_rtdetr', 'ppdet_rtdetr.*']),
     # the CPU operator's source, compiled on first use (export.cpu_fused_attention)
-    package_data={'ppdet_rtdetr.ops': ['*.cc']},
+    package_data={'ppdet_rtdetr.native': ['*.cc']},
     python_requires='>=3.8',
     install_requires=[
         'paddledet==2.6.0',

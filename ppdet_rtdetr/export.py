@@ -16,7 +16,7 @@ The exported contract (what `deploy/` reads):
   at run time), `size_divisor` (the largest feature stride: run sizes should be multiples of it) and
   `trt_shape_range` {min, opt, max: [H, W]}, the input sizes Paddle-TensorRT builds its engine for.
 - `export.cpu_fused_attention: True` (config or `-o`): the decoder's deformable-attention sampling is one
-  compiled CPU operator (`ppdet_rtdetr.ops`, the same numbers), for Paddle Inference on CPU only (no ONNX,
+  compiled CPU operator (`ppdet_rtdetr.native.cpu_ops`, the same numbers), for Paddle Inference on CPU only (no ONNX,
   GPU or TensorRT). The folder then holds the operator's library and infer_cfg.yml names it in
   `custom_op_library` and its operators in `custom_ops`; the deploy scripts register it before they create a
   predictor.
@@ -33,7 +33,7 @@ from ppdet.core.workspace import create, merge_config
 from ppdet.data.source.category import get_categories
 from ppdet.utils.logger import setup_logger
 
-from . import ops
+from .native import cpu_ops as ops
 from .engine.checkpoint import load_model_weights
 from .modeling.deformable_attn import MSDeformableAttention
 
@@ -240,6 +240,8 @@ def build_infer_cfg(cfg, model, size=None, trt_min_size=None, trt_max_size=None)
     if _uses_cpu_ops(model):
         infer_cfg['custom_op_library'] = ops.LIBRARY_NAME + '.so'
         infer_cfg['custom_ops'] = [ops.OP_NAME]  # what the deploy scripts check before registering the library
+        # the library runs only with the Paddle it was compiled against: the deploy scripts compare
+        infer_cfg['custom_op_paddle_version'] = paddle.__version__
     if dynamic:
         divisor = max(model.transformer.feat_strides)
         opt = next(op['target_size'] for op in preprocess if op['type'] == 'Resize')

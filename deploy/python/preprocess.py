@@ -36,7 +36,9 @@ def register_custom_ops(model_dir, device='CPU'):
     made with export.cpu_fused_attention) in this process; call before creating its predictor. Other exports:
     nothing to do. Operators already registered (`custom_ops`, e.g. by another folder's copy of the library)
     are not registered again: Paddle aborts the process on a second copy. ValueError for a device other than
-    CPU (the operator runs on the CPU only), FileNotFoundError naming a missing library."""
+    CPU (the operator runs on the CPU only) or for another Paddle version than the one the library was compiled
+    against (infer_cfg.yml `custom_op_paddle_version`; a folder without it is not checked), FileNotFoundError
+    naming a missing library."""
     infer_cfg = load_infer_cfg(model_dir)
     library = infer_cfg.get('custom_op_library')
     if not library:
@@ -49,6 +51,12 @@ def register_custom_ops(model_dir, device='CPU'):
         raise FileNotFoundError(f'{path} not found: {model_dir}/infer_cfg.yml names it in custom_op_library (the '
                                 'export writes it next to the model)')
     import paddle
+    built_with = infer_cfg.get('custom_op_paddle_version')
+    if built_with is not None and str(built_with) != paddle.__version__:
+        # a library compiled against other Paddle headers may crash or compute garbage: refuse before loading it
+        raise ValueError(f'{path} was compiled for Paddle {built_with} (infer_cfg.yml custom_op_paddle_version), '
+                         f'this process runs Paddle {paddle.__version__}: deploy with Paddle {built_with}, or '
+                         'export again with this Paddle (or without export.cpu_fused_attention)')
     ops = infer_cfg.get('custom_ops') or []
     if not ops or not set(ops) <= set(paddle.base.core.get_all_op_names()):
         paddle.utils.cpp_extension.load_op_meta_info_and_register_op(path)

@@ -8,7 +8,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..ops import ms_deform_attn_cpu
+from ..native.cpu_ops import ms_deform_attn_cpu
 from .layers import broadcast_multiply
 
 __all__ = ['MSDeformableAttention', 'ms_deform_attn_core']
@@ -136,7 +136,7 @@ class MSDeformableAttention(nn.Layer):
         nn.initializer.Constant(0.)(self.output_proj.bias)
 
     def fuse_cpu_sampling(self):
-        """Sample with `ppdet_rtdetr.ops.ms_deform_attn_cpu` from now on: the same numbers as the default
+        """Sample with `ppdet_rtdetr.native.cpu_ops.ms_deform_attn_cpu` from now on: the same numbers as the default
         sampler, one CPU operator, no gradient (an export's, see `export.cpu_fused_attention`).
 
         Raises:

@@ -1,4 +1,4 @@
-"""export.cpu_fused_attention: the deformable-attention sampling as one compiled CPU operator (ppdet_rtdetr.ops).
+"""export.cpu_fused_attention: the deformable-attention sampling as one compiled CPU operator (ppdet_rtdetr.native.cpu_ops).
 
 The operator against `ms_deform_attn_core` (grid_sample path) bit for bit, a whole model switched to it, and
 what refuses it: ONNX, a GPU device, a missing library, the discrete sampler, a failed build. The export itself
@@ -7,6 +7,7 @@ Inference with and without oneDNN against dygraph, the deploy CLI); here a deplo
 ppdet_rtdetr) registers the library from the folder.
 """
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 
 from conftest import ROOT, TINY_CFG, build_from_config
 from helpers.export_utils import ExportCase, assert_same_detections, paddle_infer  # noqa: F401  (fixture)
-from ppdet_rtdetr import ops
+from ppdet_rtdetr.native import cpu_ops as ops
 from ppdet_rtdetr.export import export_onnx
 from ppdet_rtdetr.modeling.deformable_attn import MSDeformableAttention, ms_deform_attn_core
 
@@ -99,7 +100,7 @@ def test_a_second_copy_of_the_library_is_not_registered(tmp_path):
     first_build = ("ops.load_cpu_ops(); register_custom_ops(%r); register_custom_ops(%r)" % (case.model_dir, copy))
     for order in (first_folders, first_build):
         code = ("import sys; sys.path.insert(0, %r); from preprocess import register_custom_ops\n"
-                "from ppdet_rtdetr import ops\n%s\n"
+                "from ppdet_rtdetr.native import cpu_ops as ops\n%s\n"
                 "import paddle; v = paddle.ones([1, 4, 2, 2]); p = paddle.full([1, 1, 2, 1, 2], 0.5)\n"
                 "print(ops.ms_deform_attn_cpu(v, [(2, 2)], p, paddle.ones([1, 1, 2, 1]), [1]).numpy().tolist())\n"
                 % (os.path.join(ROOT, 'deploy', 'python'), order))
@@ -135,9 +136,22 @@ def test_export_tool_refuses_before_writing(tmp_path, value, message):
     assert not (tmp_path / 'out').exists()
 
 
-def test_deploy_refuses_gpu_and_a_missing_library(paddle_infer, tmp_path):
+def test_deploy_refuses_gpu_another_paddle_and_a_missing_library(paddle_infer, tmp_path):
+    import paddle
+    import yaml
     import preprocess  # deploy/python, on sys.path with the paddle_infer fixture
     case = ExportCase(FUSED_CASE)
+    with open(os.path.join(case.model_dir, 'infer_cfg.yml')) as f:
+        infer_cfg = yaml.safe_load(f)
+    assert infer_cfg['custom_op_paddle_version'] == paddle.__version__
+    other = tmp_path / 'other_paddle'
+    other.mkdir()
+    shutil.copy(os.path.join(case.model_dir, 'ppdet_rtdetr_cpu_ops.so'), str(other))
+    (other / 'infer_cfg.yml').write_text(yaml.safe_dump(dict(infer_cfg, custom_op_paddle_version='3.0.0')))
+    with pytest.raises(ValueError, match=rf'^{other}/ppdet_rtdetr_cpu_ops.so was compiled for Paddle 3.0.0 '
+                                         rf'\(infer_cfg.yml custom_op_paddle_version\), this process runs Paddle '
+                                         rf'{re.escape(paddle.__version__)}: deploy with Paddle 3.0.0, or export again'):
+        preprocess.register_custom_ops(str(other))
     with pytest.raises(ValueError, match=rf'^{case.model_dir} was exported with export.cpu_fused_attention: its '
                                          r'operator ppdet_rtdetr_cpu_ops.so runs on the CPU only, not on GPU'):
         preprocess.register_custom_ops(case.model_dir, 'GPU')

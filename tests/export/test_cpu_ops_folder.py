@@ -1,4 +1,4 @@
-"""The compiled CPU operator when Paddle's extension folder cannot be written (ppdet_rtdetr.ops.load_cpu_ops).
+"""The compiled CPU operator when Paddle's extension folder cannot be written (ppdet_rtdetr.native.cpu_ops.load_cpu_ops).
 
 Each step runs in its own process (a process registers the library once). The tests run as root, for whom
 chmod does not make a folder read-only: the unwritable folders are a file in place of the folder (no
@@ -16,10 +16,10 @@ import pytest
 
 from conftest import ROOT, TINY_CFG, build_from_config
 
-from ppdet_rtdetr import ops
+from ppdet_rtdetr.native import cpu_ops as ops
 
 RUN_OP = """
-from ppdet_rtdetr import ops
+from ppdet_rtdetr.native import cpu_ops as ops
 import paddle
 path = ops.load_cpu_ops()
 v, p = paddle.ones([1, 4, 2, 2]), paddle.full([1, 1, 2, 1, 2], 0.5)
@@ -27,7 +27,7 @@ print('>', path, ops.ms_deform_attn_cpu(v, [(2, 2)], p, paddle.ones([1, 1, 2, 1]
 """
 # a wrong source stands for a changed one: Paddle's check must then rebuild (which fails fast)
 RUN_CHANGED = """
-from ppdet_rtdetr import ops
+from ppdet_rtdetr.native import cpu_ops as ops
 import sys
 ops._SOURCE = sys.argv[1]
 try:
@@ -37,6 +37,7 @@ except RuntimeError as e:
 """
 READ_ONLY = 'mount --bind -o ro {0} {0} && exec "$@"'
 LIB = os.path.join(ops.LIBRARY_NAME, ops.LIBRARY_NAME + '.so')
+TAG = ops.paddle_build_tag()  # builds are kept per Paddle build, in a folder of this name
 
 
 def _run(args, extension_dir, tmp_dir, read_only=False):
@@ -57,7 +58,8 @@ def _run(args, extension_dir, tmp_dir, read_only=False):
 
 
 def _notices(output):
-    return [line.split('ppdet_rtdetr.ops ', 1)[1] for line in output.splitlines() if 'ppdet_rtdetr.ops ' in line]
+    notice = 'ppdet_rtdetr.native.cpu_ops '
+    return [line.split(notice, 1)[1] for line in output.splitlines() if notice in line]
 
 
 def test_unwritable_extension_folder(tmp_path):
@@ -72,13 +74,13 @@ def test_unwritable_extension_folder(tmp_path):
     assert lines == ['{} [[[1.0, 1.0, 1.0, 1.0]]]'.format(os.path.join(private, LIB))]
     assert _notices(output) == [
         "WARNING: Paddle's extension folder {} is not writable ([Errno 20] Not a directory: '{}') and holds no "
-        "current CPU operator library: built it in {} instead".format(blocked, blocked / ops.LIBRARY_NAME,
+        "current CPU operator library: built it in {} instead".format(blocked / TAG, blocked / TAG,
                                                                     os.path.join(private, ops.LIBRARY_NAME))]
 
     # 2. that build as a read-only extension folder: an export with export.cpu_fused_attention uses it where
     # it is (nothing built, nothing left behind) and carries it
     shared = tmp_path / 'shared'
-    shutil.copytree(private, shared, copy_function=shutil.copy2)  # keeps the library newer than its source
+    shutil.copytree(private, shared / TAG, copy_function=shutil.copy2)  # keeps the library newer than its source
     shutil.rmtree(private)
     paddle.seed(0)
     weights = tmp_path / 'tiny.pdparams'
@@ -88,19 +90,20 @@ def test_unwritable_extension_folder(tmp_path):
                      shared, temp, read_only=True)
     assert _notices(output) == [
         "INFO: Paddle's extension folder {0} is not writable ([Errno 30] Read-only file system: '{0}/{1}/.lock'); "
-        "using the CPU operator library already built there, {0}/{2}".format(shared, ops.LIBRARY_NAME, LIB)]
+        "using the CPU operator library already built there, {0}/{2}".format(shared / TAG, ops.LIBRARY_NAME, LIB)]
     assert os.listdir(temp) == []
-    with open(shared / LIB, 'rb') as built, open(tmp_path / 'export' / 'rtdetr_tiny' / (ops.LIBRARY_NAME + '.so'),
+    with open(shared / TAG / LIB, 'rb') as built, open(tmp_path / 'export' / 'rtdetr_tiny' / (ops.LIBRARY_NAME + '.so'),
                                                  'rb') as exported:
         assert built.read() == exported.read()
 
     # 3. a changed source: Paddle's check, run on a private copy, rebuilds there (and fails on this source)
     broken = tmp_path / 'changed.cc'
     broken.write_text('#include "paddle/extension.h"\nthis is not C++;\n')
-    before = os.stat(shared / LIB)
+    before = os.stat(shared / TAG / LIB)
     lines, output = _run(['-c', RUN_CHANGED, str(broken)], shared, temp, read_only=True)
     assert lines == ["export.cpu_fused_attention needs ppdet_rtdetr's CPU operator, built from {} with a C++ "
                      "compiler (g++) and Paddle's headers; the build failed. Export without the option (the portable "
                      "graph) or install a compiler. Build output:".format(broken)]
-    assert (os.stat(shared / LIB).st_mtime_ns, os.stat(shared / LIB).st_size) == (before.st_mtime_ns, before.st_size)
+    after = os.stat(shared / TAG / LIB)
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
     assert os.listdir(temp) == []  # the failed private build removed

@@ -7,6 +7,10 @@ R18vd at 640 in 0.84 of the portable export's time (benchmarks/README.md). The l
 C++ extension tool (a C++ compiler, ~15 s once; cached in Paddle's extension folder, `PADDLE_EXTENSION_DIR`)
 and copied into the export, whose deploy scripts register it before they create a predictor.
 
+A library is compiled against one Paddle's headers and runs only with that Paddle: builds are kept per Paddle
+version (`paddle_build_tag()`, a folder of its own in the extension folder), and an export records the version
+it was built with (infer_cfg.yml `custom_op_paddle_version`), which the deploy scripts compare with theirs.
+
 When Paddle's extension folder cannot be written (read-only, another user's, a file in its place), the library
 already built there is used if it is current, else it is built in a private temporary folder; one line says
 which. "Current" is Paddle's own check (the build flags recorded in `version.txt`, and the library newer than
@@ -24,7 +28,7 @@ from ppdet.utils.logger import setup_logger
 
 logger = setup_logger(__name__)
 
-__all__ = ['LIBRARY_NAME', 'OP_NAME', 'load_cpu_ops', 'register_library', 'ms_deform_attn_cpu']
+__all__ = ['LIBRARY_NAME', 'OP_NAME', 'load_cpu_ops', 'paddle_build_tag', 'register_library', 'ms_deform_attn_cpu']
 
 LIBRARY_NAME = 'ppdet_rtdetr_cpu_ops'
 OP_NAME = 'ppdet_rtdetr_ms_deform_attn'
@@ -62,7 +66,13 @@ def _extension_folder():
     return os.environ.get('PADDLE_EXTENSION_DIR') or os.path.join(os.path.expanduser('~/.cache'), 'paddle_extensions')
 
 
+def paddle_build_tag():
+    """'paddle-<version>-<commit[:10]>': the Paddle build a compiled library belongs to (its headers and ABI)."""
+    return 'paddle-{}-{}'.format(paddle.__version__, paddle.version.commit[:10])
+
+
 def _library_path(folder):
+    """Where Paddle's extension tool writes the library when asked to build in `folder`."""
     return os.path.join(folder, LIBRARY_NAME, LIBRARY_NAME + '.so')
 
 
@@ -130,7 +140,8 @@ def load_cpu_ops():
     """
     global _library
     if _library is None:
-        shared = _extension_folder()
+        # one build folder per Paddle build: a library compiled against another Paddle's headers is never reused
+        shared = os.path.join(_extension_folder(), paddle_build_tag())
         try:
             path = _build(shared)
         except OSError as e:
