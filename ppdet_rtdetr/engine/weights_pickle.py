@@ -1,0 +1,490 @@
+"""Unpickle a weights file as data: every global is a stand-in, numpy gets only validated numbers.
+
+``load(file, size)`` runs Python's own pickle interpreter (``pickle._Unpickler``: the opcodes are read in
+Python, so each one can be checked) with a dispatch table of data opcodes only. Every global the pickle names
+resolves to a stand-in of this module, never to the real callable; a stand-in checks its arguments against
+the one form ``paddle.save`` (and numpy's pickling under it) writes and returns a placeholder or a builtin:
+
+=======================================================  =====================================================
+written by paddle.save / numpy                           accepted exactly as
+=======================================================  =====================================================
+``numpy.core.multiarray._reconstruct`` + BUILD           ``(numpy.ndarray, (0,), b'b')``, then the state
+                                                         ``(1, shape, dtype, is_fortran, bytes)``
+``numpy.dtype`` + BUILD                                  ``(code, False, True)`` for a code of ``DTYPES``, then
+                                                         ``(3, '<' or '|', None, None, None, -1 or itemsize,
+                                                         -1, 0)``: no sub-array, names, fields, flags
+``numpy.core.multiarray.scalar``                         ``(dtype, bytes of its itemsize)``
+``numpy.core.numeric._frombuffer`` (protocol 5)          ``(bytes or bytearray, dtype, shape, 'C' or 'F')``
+``builtins.tuple`` (Paddle's saved Tensor)               ``((name, array),)``
+``builtins.eval`` (Paddle's saved DenseTensor)           ``('data', {'data': array})``: nothing is evaluated
+``collections.OrderedDict`` / ``builtins.set`` /         ``()`` / ``([hashable, ...],)`` / ``()`` /
+``builtins.bytes`` / ``_codecs.encode`` (protocols 0-2)  ``(str, 'latin1')``
+=======================================================  =====================================================
+
+The ``numpy._core`` names of numpy 2 resolve the same way. BUILD is allowed only on the array and dtype
+placeholders, once each; REDUCE only calls stand-ins. The opcodes that build class instances (INST, OBJ,
+NEWOBJ, NEWOBJ_EX), reach outside the file (PERSID, BINPERSID, EXT1/2/4, out-of-band buffers) or make a
+frozenset are refused. Dict keys and set members must be strings, bytes, numbers, None or tuples of these
+(a deeply nested tuple key crashes CPython's hash). Anything else raises `Refused`, whose ``found`` says what.
+
+After the last opcode the result is walked (nesting at most ``MAX_DEPTH`` containers deep, at most one
+node per byte of the file when shared containers are counted as often as they are reached) and each
+placeholder becomes a numpy object: ``np.frombuffer(data, DTYPES[code]).reshape(shape, order)`` where ``data``
+is the bytes object the pickle itself holds and ``len(data) == prod(shape) * itemsize`` (no copy), a numpy
+scalar from ``itemsize`` bytes, or a dtype of ``DTYPES``. An array whose state never came is refused.
+
+Memory: no read asks for more bytes than the file has left, so array data is at most the bytes read from
+the file; the stand-ins copy at most as many bytes / items as the file holds in total (a memoized string
+encoded again and again is refused); Python objects are at most one per opcode, i.e. per byte of the file.
+A file that ends early, or is not a pickle, raises `Corrupt` (or the unpickler's own error).
+"""
+import _compat_pickle
+import collections
+import math
+import pickle
+import pickletools
+
+import numpy as np
+
+__all__ = ['DTYPES', 'MAX_DEPTH', 'Corrupt', 'Refused', 'load']
+
+MAX_DEPTH = 100
+# numpy's code in a pickled dtype -> the dtype: the plain numeric ones (Paddle saves bfloat16 as uint16)
+DTYPES = {code: np.dtype(code).newbyteorder('<') for code in (
+    'b1', 'i1', 'i2', 'i4', 'i8', 'u1', 'u2', 'u4', 'u8', 'f2', 'f4', 'f8', 'c8', 'c16')}
+_MAX_DIMS = 32  # numpy 1.x's NPY_MAXDIMS
+_KEY_LEAVES = (str, bytes, int, float, bool, type(None))
+
+
+class Refused(Exception):
+    """The pickle is not data in ``paddle.save``'s forms. ``found`` completes "its pickle ..."."""
+
+    def __init__(self, found):
+        super().__init__(found)
+        self.found = found
+
+
+class Corrupt(Exception):
+    """The file ends before its pickle does, or the pickle is malformed."""
+
+
+def _show(x, depth=0):
+    """A short description of a value from the file (never its full repr: it may be huge or deep)."""
+    if type(x) in (str, bytes):
+        return repr(x[:40]) + ('...' if len(x) > 40 else '')
+    if type(x) in (int, float, bool, type(None)):
+        text = repr(x)
+        return text if len(text) <= 40 else text[:37] + '...'
+    if type(x) in (tuple, list) and depth < 2:
+        inner = ', '.join(_show(v, depth + 1) for v in x[:8]) + (', ...' if len(x) > 8 else '')
+        return '({}{})'.format(inner, ',' if len(x) == 1 else '') if type(x) is tuple else '[{}]'.format(inner)
+    if isinstance(x, _Placeholder):
+        return x.what
+    if x is _NDARRAY or isinstance(getattr(x, '__self__', None), _Reader):
+        return 'the global ' + x.__doc__
+    return 'a ' + type(x).__name__
+
+
+def _shape(shape, whose):
+    if (type(shape) is not tuple or len(shape) > _MAX_DIMS
+            or not all(type(d) is int and d >= 0 for d in shape)):
+        raise Refused('gives {} the shape {}, not a tuple of at most {} non-negative ints'.format(
+            whose, _show(shape), _MAX_DIMS))
+    return shape
+
+
+def _built_dtype(dtype, whose):
+    if type(dtype) is not _Dtype or dtype.dtype is None:
+        raise Refused('gives {} the dtype {}, not a numpy.dtype of {} with its state'.format(
+            whose, _show(dtype), '/'.join(DTYPES)))
+    return dtype.dtype
+
+
+def _check_data(data, dtype, shape, whose):
+    """The bytes of an array: exactly prod(shape) * itemsize of them."""
+    if type(data) not in (bytes, bytearray):
+        raise Refused('gives {} the data {}, not bytes'.format(whose, _show(data)))
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        raise Refused('gives {} of shape {} and dtype {} ({} bytes) {} bytes of data'.format(
+            whose, shape, dtype.name, math.prod(shape) * dtype.itemsize, len(data)))
+
+
+def _check_key(key, depth=0):
+    """Dict keys and set members: what paddle.save writes (a deep tuple would overflow C's hash)."""
+    if type(key) in _KEY_LEAVES:
+        return
+    if type(key) is tuple and depth < MAX_DEPTH:
+        for item in key:
+            _check_key(item, depth + 1)
+        return
+    raise Refused('uses {} as a dict key or set member'.format(
+        'a tuple nested deeper than {}'.format(MAX_DEPTH) if type(key) is tuple else _show(key)))
+
+
+class _Placeholder(object):
+    """What a stand-in returns for a numpy object; `value` makes the numpy object after unpickling."""
+    __slots__ = ()
+    what = 'a placeholder'
+
+    def build(self, state):
+        raise Refused('gives a state (BUILD) to {}'.format(self.what))
+
+
+class _Dtype(_Placeholder):
+    __slots__ = ('code', 'dtype')
+    what = 'a numpy.dtype'
+
+    def __init__(self, code):
+        self.code, self.dtype = code, None
+
+    def build(self, state):
+        if self.dtype is not None:
+            raise Refused('gives numpy.dtype {!r} a second state'.format(self.code))
+        dtype = DTYPES[self.code]
+        order = '|' if dtype.itemsize == 1 else '<'
+        plain = (3, order, None, None, None, -1, -1, 0)
+        if not (type(state) is tuple and len(state) == 8 and all(type(v) is type(p) for v, p in zip(state, plain))
+                and state[:5] == plain[:5] and state[5] in (-1, dtype.itemsize) and state[6:] == plain[6:]):
+            raise Refused('gives numpy.dtype {!r} the state {}, not the plain one {} (a byte order, sub-array, '
+                          'names, fields, size or flags of its own are not numeric weights)'.format(
+                              self.code, _show(state), plain))
+        self.dtype = dtype
+
+    def value(self):
+        if self.dtype is None:
+            raise Refused('holds numpy.dtype {!r} without its state (no BUILD)'.format(self.code))
+        return self.dtype
+
+
+class _Array(_Placeholder):
+    __slots__ = ('data', 'dtype', 'shape', 'order')
+    what = 'a numpy array'
+
+    def __init__(self):
+        self.data = None
+
+    def set(self, data, dtype, shape, order):
+        _check_data(data, dtype, shape, 'a numpy array')
+        self.data, self.dtype, self.shape, self.order = data, dtype, shape, order
+
+    def build(self, state):
+        if self.data is not None:
+            raise Refused('gives a numpy array a second state')
+        if not (type(state) is tuple and len(state) == 5 and type(state[0]) is int and state[0] == 1):
+            raise Refused('gives a numpy array the state {}, not (1, shape, dtype, is_fortran, bytes)'.format(
+                _show(state)))
+        _, shape, dtype, fortran, data = state
+        if type(fortran) is not bool:
+            raise Refused('gives a numpy array the order flag {}, not True or False'.format(_show(fortran)))
+        self.set(data, _built_dtype(dtype, 'a numpy array'), _shape(shape, 'a numpy array'), 'F' if fortran else 'C')
+
+    def value(self):
+        if self.data is None:
+            raise Refused('holds a numpy array without its state (no BUILD)')
+        # [n * itemsize bytes] -> shape, a view of the pickle's own bytes
+        return np.frombuffer(self.data, self.dtype).reshape(self.shape, order=self.order)
+
+
+class _Scalar(_Placeholder):
+    __slots__ = ('data', 'dtype')
+    what = 'a numpy scalar'
+
+    def __init__(self, data, dtype):
+        self.data, self.dtype = data, dtype
+
+    def value(self):
+        return np.frombuffer(self.data, self.dtype)[0]
+
+
+class _Name(object):
+    """numpy.ndarray: only an argument of _reconstruct, never called."""
+    __doc__ = 'numpy.ndarray'
+
+
+_NDARRAY = _Name()
+_OPNAME = {op.code.encode('latin-1')[0]: op.name for op in pickletools.opcodes}
+_NOT_DATA = {  # opcode -> what it does; paddle.save writes none of them
+    'INST': 'builds an object of a class', 'OBJ': 'builds an object of a class',
+    'NEWOBJ': 'builds an object of a class', 'NEWOBJ_EX': 'builds an object of a class',
+    'PERSID': 'refers to an object outside the file', 'BINPERSID': 'refers to an object outside the file',
+    'EXT1': 'names a global by an extension code', 'EXT2': 'names a global by an extension code',
+    'EXT4': 'names a global by an extension code', 'NEXT_BUFFER': 'refers to a buffer outside the file',
+    'READONLY_BUFFER': 'refers to a buffer outside the file', 'FROZENSET': 'makes a frozenset',
+}
+
+
+def _refuse_opcode(reader, code):
+    raise Refused('uses the opcode {} ({}), which paddle.save does not write'.format(
+        _OPNAME[code], _NOT_DATA[_OPNAME[code]]))
+
+
+class _Dispatch(dict):
+    def __missing__(self, code):
+        if code in _OPNAME and _OPNAME[code] in _NOT_DATA:
+            return lambda reader: _refuse_opcode(reader, code)
+        raise Corrupt('byte {:#04x} is not a pickle opcode'.format(code))
+
+
+class _Bounded(object):
+    """``read`` / ``readline`` of a file that never ask for more than the file has left: a length written
+    in the pickle cannot make the reader allocate more than the file's size."""
+
+    def __init__(self, file, size):
+        self._file, self.left = file, size
+
+    def read(self, n):
+        if n > self.left:
+            raise Corrupt('truncated: an entry needs {} bytes where {} are left'.format(n, self.left))
+        data = self._file.read(n)
+        self.left -= len(data)
+        if len(data) != n:
+            raise Corrupt('truncated: the file ended while reading {} bytes'.format(n))
+        return data
+
+    def readline(self):
+        line = self._file.readline()
+        self.left -= len(line)
+        return line
+
+
+_BASE = pickle._Unpickler.dispatch
+
+
+class _Reader(pickle._Unpickler):
+    """The pure-Python unpickler with data opcodes only, stand-ins for globals and checked BUILD / REDUCE."""
+    dispatch = _Dispatch((code, load) for code, load in _BASE.items() if _OPNAME[code] not in _NOT_DATA)
+
+    def __init__(self, file, size):
+        self._bounded = _Bounded(file, size)
+        super().__init__(self._bounded, encoding='latin1')
+        self._budget = size + 1024  # bytes / items the stand-ins may copy: what the file holds
+        self._globals = {('numpy', 'ndarray'): _NDARRAY, ('numpy', 'dtype'): self._dtype,
+                         ('builtins', 'tuple'): self._tuple, ('builtins', 'eval'): self._eval,
+                         ('builtins', 'set'): self._set, ('builtins', 'bytes'): self._bytes,
+                         ('collections', 'OrderedDict'): self._ordered_dict, ('_codecs', 'encode'): self._encode}
+        for core in ('numpy.core', 'numpy._core'):  # numpy 1.x and numpy 2 names of the same functions
+            self._globals[(core + '.multiarray', '_reconstruct')] = self._reconstruct
+            self._globals[(core + '.multiarray', 'scalar')] = self._scalar
+            self._globals[(core + '.numeric', '_frombuffer')] = self._frombuffer
+        self._callables = {id(f): f for f in self._globals.values() if f is not _NDARRAY}
+
+    def find_class(self, module, name):
+        resolved = _python3_name(module, name)
+        if resolved in self._globals:
+            return self._globals[resolved]
+        written, full = '{}.{}'.format(module, name), '{}.{}'.format(*resolved)
+        raise Refused('names the global ' + (full if full == written else '{} (written as {})'.format(
+            full, written)))
+
+    def _charge(self, n):
+        self._budget -= n
+        if self._budget < 0:
+            raise Refused('copies more data than the file holds (a memoized value is reused again and again)')
+
+    # the opcodes whose meaning is checked here; the rest are pickle's own
+    def _load_reduce(self):
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if self._callables.get(id(func)) is not func:
+            raise Refused('calls {}{} (paddle.save writes calls only in the forms listed by safe_load)'.format(
+                _show(func), ' directly' if func is _NDARRAY else ''))
+        if type(args) is not tuple:
+            raise Refused('calls the global {} with {}, not a tuple'.format(func.__doc__, _show(args)))
+        self.stack[-1] = func(*args)
+
+    def _load_build(self):
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if not isinstance(target, _Placeholder):
+            raise Refused('gives a state (BUILD) to {}; paddle.save gives one only to numpy arrays and '
+                          'dtypes'.format(_show(target)))
+        target.build(state)
+
+    def _load_inst(self):
+        # INST names its class inline: a global that is not data is reported as such
+        self.find_class(self.readline()[:-1].decode('ascii'), self.readline()[:-1].decode('ascii'))
+        _refuse_opcode(self, pickle.INST[0])
+
+    def _load_setitem(self):
+        _check_key(self.stack[-2])
+        _BASE[pickle.SETITEM[0]](self)
+
+    def _load_setitems(self):
+        self._check_marked_keys()
+        _BASE[pickle.SETITEMS[0]](self)
+
+    def _load_dict(self):
+        self._check_marked_keys()
+        _BASE[pickle.DICT[0]](self)
+
+    def _check_marked_keys(self):
+        for key in self.stack[::2]:  # the items above the mark: key, value, key, value...
+            _check_key(key)
+
+    def _load_additems(self):
+        for item in self.stack:
+            _check_key(item)
+        _BASE[pickle.ADDITEMS[0]](self)
+
+    def _load_bytearray8(self):
+        # pickle allocates the declared length first; reading it first bounds it by the file
+        n = int.from_bytes(self.read(8), 'little')
+        self.append(bytearray(self.read(n)))
+
+    # stand-ins: each docstring is the global it stands for
+    def _reconstruct(self, *args):
+        """numpy.core.multiarray._reconstruct"""
+        if not (len(args) == 3 and args[0] is _NDARRAY and type(args[1]) is tuple and len(args[1]) == 1
+                and type(args[1][0]) is int and args[1][0] == 0 and type(args[2]) is bytes and args[2] == b'b'):
+            raise Refused("names the global numpy.core.multiarray._reconstruct (called with {} instead of "
+                          "(numpy.ndarray, (0,), b'b'))".format(_show(args)))
+        return _Array()
+
+    def _dtype(self, *args):
+        """numpy.dtype"""
+        if not (len(args) == 3 and type(args[0]) is str and args[0] in DTYPES and args[1] is False
+                and args[2] is True):
+            raise Refused('names the global numpy.dtype (called with {} instead of (code, False, True) for a '
+                          'code of {})'.format(_show(args), '/'.join(DTYPES)))
+        return _Dtype(args[0])
+
+    def _scalar(self, *args):
+        """numpy.core.multiarray.scalar"""
+        if len(args) != 2:
+            raise Refused('names the global numpy.core.multiarray.scalar (called with {} instead of (dtype, '
+                          'bytes))'.format(_show(args)))
+        dtype = _built_dtype(args[0], 'a numpy scalar')
+        _check_data(args[1], dtype, (), 'a numpy scalar')
+        return _Scalar(args[1], dtype)
+
+    def _frombuffer(self, *args):
+        """numpy.core.numeric._frombuffer"""
+        if not (len(args) == 4 and type(args[3]) is str and args[3] in ('C', 'F')):
+            raise Refused("names the global numpy.core.numeric._frombuffer (called with {} instead of (bytes, "
+                          "dtype, shape, 'C' or 'F'))".format(_show(args)))
+        array = _Array()
+        array.set(args[0], _built_dtype(args[1], 'a numpy array'), _shape(args[2], 'a numpy array'), args[3])
+        return array
+
+    def _tuple(self, *args):
+        """builtins.tuple"""
+        # Paddle writes a Tensor as tuple((name, array)); plain tuples are opcodes, not this global
+        if not (len(args) == 1 and type(args[0]) is tuple and len(args[0]) == 2 and type(args[0][0]) is str
+                and type(args[0][1]) is _Array):
+            raise Refused('names the global builtins.tuple (called with {} instead of Paddle\'s saved-tensor '
+                          'form ((name, array),))'.format(_show(args)))
+        return args[0]
+
+    def _eval(self, *args):
+        """builtins.eval"""
+        # Paddle's reduce_DenseTensor writes eval('data', {'data': array}): return the array, evaluate nothing
+        if (len(args) == 2 and type(args[0]) is str and args[0] == 'data' and type(args[1]) is dict
+                and len(args[1]) == 1 and type(args[1].get('data')) is _Array):
+            return args[1]['data']
+        raise Refused("names the global builtins.eval (called with {} instead of Paddle's saved-tensor form "
+                      "('data', {{'data': array}}))".format(_show(args[:1])))
+
+    def _set(self, *args):
+        """builtins.set"""
+        if not (len(args) == 1 and type(args[0]) is list):
+            raise Refused('names the global builtins.set (called with {} instead of ([items],))'.format(
+                _show(args)))
+        for item in args[0]:
+            _check_key(item)
+        self._charge(len(args[0]))
+        return set(args[0])
+
+    def _bytes(self, *args):
+        """builtins.bytes"""
+        if args:  # protocols 0-2 write b'' as bytes(); bytes(n) would only allocate n zero bytes
+            raise Refused('names the global builtins.bytes (called with {} instead of ())'.format(_show(args)))
+        return b''
+
+    def _ordered_dict(self, *args):
+        """collections.OrderedDict"""
+        if args:
+            raise Refused('names the global collections.OrderedDict (called with {} instead of ())'.format(
+                _show(args)))
+        return collections.OrderedDict()
+
+    def _encode(self, *args):
+        """_codecs.encode"""
+        # protocols 0-2 write bytes as _codecs.encode(str, 'latin1')
+        if not (len(args) == 2 and type(args[0]) is str and type(args[1]) is str and args[1] == 'latin1'):
+            raise Refused("names the global _codecs.encode (called with {} instead of (str, 'latin1'))".format(
+                _show(args)))
+        self._charge(len(args[0]))
+        return args[0].encode('latin1')
+
+
+for _code, _load in ((pickle.REDUCE, _Reader._load_reduce), (pickle.BUILD, _Reader._load_build),
+                     (pickle.INST, _Reader._load_inst), (pickle.SETITEM, _Reader._load_setitem),
+                     (pickle.SETITEMS, _Reader._load_setitems), (pickle.DICT, _Reader._load_dict),
+                     (pickle.ADDITEMS, _Reader._load_additems), (pickle.BYTEARRAY8, _Reader._load_bytearray8)):
+    _Reader.dispatch[_code[0]] = _load
+
+
+def _python3_name(module, name):
+    """The name pickle itself resolves a protocol 0-2 global to (``__builtin__.tuple`` -> ``builtins.tuple``)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+_LEAVES = (str, bytes, int, float, bool, type(None))
+
+
+def _to_data(obj, budget):
+    """`obj` with the placeholders made numpy objects; refuses other types, nesting deeper than MAX_DEPTH and
+    more than `budget` nodes counted as a tree (what Paddle's recursive post-processing will visit)."""
+    done = {}  # id -> (converted, tree size); the originals stay alive in obj, so ids are not reused
+
+    def convert(x, depth):
+        kind = type(x)
+        if kind in _LEAVES:
+            return x, 1
+        if id(x) in done:
+            return done[id(x)]
+        if depth >= MAX_DEPTH:
+            raise Refused('nests containers deeper than {} levels'.format(MAX_DEPTH))
+        if kind in (list, tuple, set):
+            items = [convert(v, depth + 1) for v in x]
+            result = kind(v for v, _ in items)
+            size = 1 + sum(s for _, s in items)
+        elif kind in (dict, collections.OrderedDict):
+            result, size = kind(), 1
+            for key, value in x.items():
+                (key, key_size), (value, value_size) = convert(key, depth + 1), convert(value, depth + 1)
+                result[key] = value
+                size += key_size + value_size
+        elif isinstance(x, _Placeholder):
+            result, size = x.value(), 1
+        else:
+            raise Refused('holds {}, which is not data paddle.save writes'.format(_show(x)))
+        if size > budget:
+            raise Refused('reaches more than {} values through shared containers'.format(budget))
+        done[id(x)] = result, size
+        return result, size
+
+    try:
+        return convert(obj, 0)[0]
+    finally:
+        done.clear()  # convert's closure is a cycle: without this the arrays would wait for the collector
+
+
+def load(file, size):
+    """The object pickled in `file` (`size` bytes from its position), with numpy arrays, scalars and dtypes.
+
+    Raises:
+        Refused: the pickle is not data in paddle.save's forms (see the module docstring).
+        Corrupt: the file ends before the pickle does, or a byte is not an opcode. Other malformed pickles
+            raise the unpickler's own errors (pickle.UnpicklingError, EOFError, KeyError, ...).
+    """
+    reader = _Reader(file, size)
+    try:
+        obj = reader.load()
+    finally:
+        # the memo holds every bytes object, and the stand-ins (bound methods) make the reader a cycle that
+        # only the garbage collector would free: drop both so each array's bytes go when its array goes
+        reader.memo, reader._globals, reader._callables = None, None, None
+    return _to_data(obj, size + 1)
