@@ -78,11 +78,17 @@ def _show(x, depth=0):
     if type(x) in (tuple, list) and depth < 2:
         inner = ', '.join(_show(v, depth + 1) for v in x[:8]) + (', ...' if len(x) > 8 else '')
         return '({}{})'.format(inner, ',' if len(x) == 1 else '') if type(x) is tuple else '[{}]'.format(inner)
+    return _kind(x)
+
+
+def _kind(x):
+    """What `x` is: 'a numpy array', 'the global numpy.dtype', 'a dict', ..."""
     if isinstance(x, _Placeholder):
         return x.what
     if x is _NDARRAY or isinstance(getattr(x, '__self__', None), _Reader):
         return 'the global ' + x.__doc__
-    return 'a ' + type(x).__name__
+    name = type(x).__name__
+    return ('an ' if name[0] in 'aeiouAEIOU' else 'a ') + name
 
 
 def _shape(shape, whose):
@@ -118,7 +124,7 @@ def _check_key(key, depth=0):
             _check_key(item, depth + 1)
         return
     raise Refused('uses {} as a dict key or set member'.format(
-        'a tuple nested deeper than {}'.format(MAX_DEPTH) if type(key) is tuple else _show(key)))
+        'a tuple nested deeper than {}'.format(MAX_DEPTH) if type(key) is tuple else _kind(key)))
 
 
 class _Placeholder(object):
@@ -287,7 +293,7 @@ class _Reader(pickle._Unpickler):
         func = self.stack[-1]
         if self._callables.get(id(func)) is not func:
             raise Refused('calls {}{} (paddle.save writes calls only in the forms listed by safe_load)'.format(
-                _show(func), ' directly' if func is _NDARRAY else ''))
+                _kind(func), ' directly' if func is _NDARRAY else ''))
         if type(args) is not tuple:
             raise Refused('calls the global {} with {}, not a tuple'.format(func.__doc__, _show(args)))
         self.stack[-1] = func(*args)
@@ -297,7 +303,7 @@ class _Reader(pickle._Unpickler):
         target = self.stack[-1]
         if not isinstance(target, _Placeholder):
             raise Refused('gives a state (BUILD) to {}; paddle.save gives one only to numpy arrays and '
-                          'dtypes'.format(_show(target)))
+                          'dtypes'.format(_kind(target)))
         target.build(state)
 
     def _load_inst(self):
