@@ -1,42 +1,36 @@
 """Unpickle a weights file as data: every global is a stand-in, numpy gets only validated numbers.
 
-``load(file, size)`` runs Python's own pickle interpreter (``pickle._Unpickler``: the opcodes are read in
-Python, so each one can be checked) with a dispatch table of data opcodes only. Every global the pickle names
-resolves to a stand-in of this module, never to the real callable; a stand-in checks its arguments against
-the one form ``paddle.save`` (and numpy's pickling under it) writes and returns a placeholder or a builtin:
+``load(file, size)`` runs Python's own pickle interpreter (``pickle._Unpickler``, so that each opcode can be
+checked) with a dispatch table of data opcodes only. Each global the pickle names resolves to a stand-in
+here, never to the real callable; a stand-in accepts only the form ``paddle.save`` (and numpy's pickling
+under it) writes, and returns a placeholder or a builtin:
 
-=======================================================  =====================================================
-written by paddle.save / numpy                           accepted exactly as
-=======================================================  =====================================================
-``numpy.core.multiarray._reconstruct`` + BUILD           ``(numpy.ndarray, (0,), b'b')``, then the state
-                                                         ``(1, shape, dtype, is_fortran, bytes)``
-``numpy.dtype`` + BUILD                                  ``(code, False, True)`` for a code of ``DTYPES``, then
-                                                         ``(3, '<' or '|', None, None, None, -1 or itemsize,
-                                                         -1, 0)``: no sub-array, names, fields, flags
-``numpy.core.multiarray.scalar``                         ``(dtype, bytes of its itemsize)``
-``numpy.core.numeric._frombuffer`` (protocol 5)          ``(bytes or bytearray, dtype, shape, 'C' or 'F')``
-``builtins.tuple`` (Paddle's saved Tensor)               ``((name, array),)``
-``builtins.eval`` (Paddle's saved DenseTensor)           ``('data', {'data': array})``: nothing is evaluated
-``collections.OrderedDict`` / ``builtins.set`` /         ``()`` / ``([hashable, ...],)`` / ``()`` /
-``builtins.bytes`` / ``_codecs.encode`` (protocols 0-2)  ``(str, 'latin1')``
-=======================================================  =====================================================
+* ``numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')`` + BUILD ``(1, shape, dtype, is_fortran,
+  bytes)``; ``numpy.dtype(code, False, True)`` for a code of ``DTYPES`` + BUILD ``(3, '<' ('|' for one-byte
+  types), None, None, None, -1 or itemsize, -1, 0)`` (no sub-array, names, fields, flags, other byte order);
+  ``numpy.core.multiarray.scalar(dtype, itemsize bytes)``; protocol 5's ``numpy.core.numeric._frombuffer(
+  bytes or bytearray, dtype, shape, 'C' or 'F')``; numpy 2's ``numpy._core`` names alike;
+* Paddle's saved Tensor ``builtins.tuple(((name, array),))`` and saved DenseTensor ``builtins.eval('data',
+  {'data': array})`` (the array is returned, nothing is evaluated);
+* ``collections.OrderedDict()``, ``builtins.set([hashable, ...])`` and, as protocols 0-2 write bytes,
+  ``builtins.bytes()`` and ``_codecs.encode(str, 'latin1')``.
 
-The ``numpy._core`` names of numpy 2 resolve the same way. BUILD is allowed only on the array and dtype
-placeholders, once each; REDUCE only calls stand-ins. The opcodes that build class instances (INST, OBJ,
-NEWOBJ, NEWOBJ_EX), reach outside the file (PERSID, BINPERSID, EXT1/2/4, out-of-band buffers) or make a
-frozenset are refused. Dict keys and set members must be strings, bytes, numbers, None or tuples of these
-(a deeply nested tuple key crashes CPython's hash). Anything else raises `Refused`, whose ``found`` says what.
+BUILD is allowed only on the array and dtype placeholders, once each; REDUCE calls only stand-ins. Opcodes
+that build class instances (INST, OBJ, NEWOBJ, NEWOBJ_EX), reach outside the file (PERSID, BINPERSID, EXT1/2/4,
+out-of-band buffers) or make a frozenset are refused; dict keys and set members must be strings, bytes,
+numbers, None or tuples of these (a deeply nested tuple key overflows CPython's hash). Anything else raises
+`Refused`, whose ``found`` says what was found.
 
-After the last opcode the result is walked (nesting at most ``MAX_DEPTH`` containers deep, at most one
-node per byte of the file when shared containers are counted as often as they are reached) and each
-placeholder becomes a numpy object: ``np.frombuffer(data, DTYPES[code]).reshape(shape, order)`` where ``data``
-is the bytes object the pickle itself holds and ``len(data) == prod(shape) * itemsize`` (no copy), a numpy
-scalar from ``itemsize`` bytes, or a dtype of ``DTYPES``. An array whose state never came is refused.
+After the last opcode the result is walked (at most ``MAX_DEPTH`` containers deep and one node per byte of
+the file, counting a shared container each time it is reached, as Paddle's post-processing will) and each
+placeholder becomes a numpy object: ``np.frombuffer(data, DTYPES[code]).reshape(shape, order)``, a view of
+the bytes object the pickle holds, with ``len(data) == prod(shape) * itemsize``; a numpy scalar from
+``itemsize`` bytes; a dtype of ``DTYPES``. A placeholder whose state never came is refused.
 
-Memory: no read asks for more bytes than the file has left, so array data is at most the bytes read from
-the file; the stand-ins copy at most as many bytes / items as the file holds in total (a memoized string
-encoded again and again is refused); Python objects are at most one per opcode, i.e. per byte of the file.
-A file that ends early, or is not a pickle, raises `Corrupt` (or the unpickler's own error).
+Memory: no read asks for more bytes than the file has left, so array data is at most the bytes read from the
+file; the stand-ins copy at most as many bytes / items as the file has (a memoized string encoded again and
+again is refused); Python objects are at most one per opcode, so per byte of the file. A file that ends
+early or is not a pickle raises `Corrupt` (or the unpickler's own error).
 """
 import _compat_pickle
 import collections
@@ -72,9 +66,10 @@ def _show(x, depth=0):
     """A short description of a value from the file (never its full repr: it may be huge or deep)."""
     if type(x) in (str, bytes):
         return repr(x[:40]) + ('...' if len(x) > 40 else '')
+    if type(x) is int and x.bit_length() > 64:
+        return 'an int of {} bits'.format(x.bit_length())  # repr would be slow, or refused past 4300 digits
     if type(x) in (int, float, bool, type(None)):
-        text = repr(x)
-        return text if len(text) <= 40 else text[:37] + '...'
+        return repr(x)
     if type(x) in (tuple, list) and depth < 2:
         inner = ', '.join(_show(v, depth + 1) for v in x[:8]) + (', ...' if len(x) > 8 else '')
         return '({}{})'.format(inner, ',' if len(x) == 1 else '') if type(x) is tuple else '[{}]'.format(inner)
@@ -261,8 +256,7 @@ class _Reader(pickle._Unpickler):
     dispatch = _Dispatch((code, load) for code, load in _BASE.items() if _OPNAME[code] not in _NOT_DATA)
 
     def __init__(self, file, size):
-        self._bounded = _Bounded(file, size)
-        super().__init__(self._bounded, encoding='latin1')
+        super().__init__(_Bounded(file, size), encoding='latin1')
         self._budget = size + 1024  # bytes / items the stand-ins may copy: what the file holds
         self._globals = {('numpy', 'ndarray'): _NDARRAY, ('numpy', 'dtype'): self._dtype,
                          ('builtins', 'tuple'): self._tuple, ('builtins', 'eval'): self._eval,
@@ -340,34 +334,28 @@ class _Reader(pickle._Unpickler):
     # stand-ins: each docstring is the global it stands for
     def _reconstruct(self, *args):
         """numpy.core.multiarray._reconstruct"""
-        if not (len(args) == 3 and args[0] is _NDARRAY and type(args[1]) is tuple and len(args[1]) == 1
-                and type(args[1][0]) is int and args[1][0] == 0 and type(args[2]) is bytes and args[2] == b'b'):
-            raise Refused("names the global numpy.core.multiarray._reconstruct (called with {} instead of "
-                          "(numpy.ndarray, (0,), b'b'))".format(_show(args)))
+        _require(len(args) == 3 and args[0] is _NDARRAY and type(args[1]) is tuple and len(args[1]) == 1
+                 and type(args[1][0]) is int and args[1][0] == 0 and type(args[2]) is bytes and args[2] == b'b',
+                 self._reconstruct, args, "(numpy.ndarray, (0,), b'b')")
         return _Array()
 
     def _dtype(self, *args):
         """numpy.dtype"""
-        if not (len(args) == 3 and type(args[0]) is str and args[0] in DTYPES and args[1] is False
-                and args[2] is True):
-            raise Refused('names the global numpy.dtype (called with {} instead of (code, False, True) for a '
-                          'code of {})'.format(_show(args), '/'.join(DTYPES)))
+        _require(len(args) == 3 and type(args[0]) is str and args[0] in DTYPES and args[1] is False
+                 and args[2] is True, self._dtype, args, '(code, False, True) for a code of ' + '/'.join(DTYPES))
         return _Dtype(args[0])
 
     def _scalar(self, *args):
         """numpy.core.multiarray.scalar"""
-        if len(args) != 2:
-            raise Refused('names the global numpy.core.multiarray.scalar (called with {} instead of (dtype, '
-                          'bytes))'.format(_show(args)))
+        _require(len(args) == 2, self._scalar, args, '(dtype, bytes)')
         dtype = _built_dtype(args[0], 'a numpy scalar')
         _check_data(args[1], dtype, (), 'a numpy scalar')
         return _Scalar(args[1], dtype)
 
     def _frombuffer(self, *args):
         """numpy.core.numeric._frombuffer"""
-        if not (len(args) == 4 and type(args[3]) is str and args[3] in ('C', 'F')):
-            raise Refused("names the global numpy.core.numeric._frombuffer (called with {} instead of (bytes, "
-                          "dtype, shape, 'C' or 'F'))".format(_show(args)))
+        _require(len(args) == 4 and type(args[3]) is str and args[3] in ('C', 'F'), self._frombuffer, args,
+                 "(bytes, dtype, shape, 'C' or 'F')")
         array = _Array()
         array.set(args[0], _built_dtype(args[1], 'a numpy array'), _shape(args[2], 'a numpy array'), args[3])
         return array
@@ -375,26 +363,21 @@ class _Reader(pickle._Unpickler):
     def _tuple(self, *args):
         """builtins.tuple"""
         # Paddle writes a Tensor as tuple((name, array)); plain tuples are opcodes, not this global
-        if not (len(args) == 1 and type(args[0]) is tuple and len(args[0]) == 2 and type(args[0][0]) is str
-                and type(args[0][1]) is _Array):
-            raise Refused('names the global builtins.tuple (called with {} instead of Paddle\'s saved-tensor '
-                          'form ((name, array),))'.format(_show(args)))
+        _require(len(args) == 1 and type(args[0]) is tuple and len(args[0]) == 2 and type(args[0][0]) is str
+                 and type(args[0][1]) is _Array, self._tuple, args, "Paddle's saved-tensor form ((name, array),)")
         return args[0]
 
     def _eval(self, *args):
         """builtins.eval"""
         # Paddle's reduce_DenseTensor writes eval('data', {'data': array}): return the array, evaluate nothing
-        if (len(args) == 2 and type(args[0]) is str and args[0] == 'data' and type(args[1]) is dict
-                and len(args[1]) == 1 and type(args[1].get('data')) is _Array):
-            return args[1]['data']
-        raise Refused("names the global builtins.eval (called with {} instead of Paddle's saved-tensor form "
-                      "('data', {{'data': array}}))".format(_show(args[:1])))
+        _require(len(args) == 2 and type(args[0]) is str and args[0] == 'data' and type(args[1]) is dict
+                 and len(args[1]) == 1 and type(args[1].get('data')) is _Array, self._eval, args,
+                 "Paddle's saved-tensor form ('data', {'data': array})")
+        return args[1]['data']
 
     def _set(self, *args):
         """builtins.set"""
-        if not (len(args) == 1 and type(args[0]) is list):
-            raise Refused('names the global builtins.set (called with {} instead of ([items],))'.format(
-                _show(args)))
+        _require(len(args) == 1 and type(args[0]) is list, self._set, args, '([items],)')
         for item in args[0]:
             _check_key(item)
         self._charge(len(args[0]))
@@ -402,25 +385,27 @@ class _Reader(pickle._Unpickler):
 
     def _bytes(self, *args):
         """builtins.bytes"""
-        if args:  # protocols 0-2 write b'' as bytes(); bytes(n) would only allocate n zero bytes
-            raise Refused('names the global builtins.bytes (called with {} instead of ())'.format(_show(args)))
+        _require(not args, self._bytes, args, '()')  # b'' below protocol 3; bytes(n) would allocate n bytes
         return b''
 
     def _ordered_dict(self, *args):
         """collections.OrderedDict"""
-        if args:
-            raise Refused('names the global collections.OrderedDict (called with {} instead of ())'.format(
-                _show(args)))
+        _require(not args, self._ordered_dict, args, '()')
         return collections.OrderedDict()
 
     def _encode(self, *args):
         """_codecs.encode"""
         # protocols 0-2 write bytes as _codecs.encode(str, 'latin1')
-        if not (len(args) == 2 and type(args[0]) is str and type(args[1]) is str and args[1] == 'latin1'):
-            raise Refused("names the global _codecs.encode (called with {} instead of (str, 'latin1'))".format(
-                _show(args)))
+        _require(len(args) == 2 and type(args[0]) is str and type(args[1]) is str and args[1] == 'latin1',
+                 self._encode, args, "(str, 'latin1')")
         self._charge(len(args[0]))
         return args[0].encode('latin1')
+
+
+def _require(ok, stand_in, args, form):
+    if not ok:
+        raise Refused('names the global {} (called with {} instead of {})'.format(stand_in.__doc__, _show(args),
+                                                                                  form))
 
 
 for _code, _load in ((pickle.REDUCE, _Reader._load_reduce), (pickle.BUILD, _Reader._load_build),
