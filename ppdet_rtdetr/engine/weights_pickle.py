@@ -87,10 +87,11 @@ def _kind(x):
 
 
 def _shape(shape, whose):
-    if (type(shape) is not tuple or len(shape) > _MAX_DIMS
-            or not all(type(d) is int and d >= 0 for d in shape)):
-        raise Refused('gives {} the shape {}, not a tuple of at most {} non-negative ints'.format(
-            whose, _show(shape), _MAX_DIMS))
+    # numpy's own limits: at most 32 dimensions, the product of the non-zero ones within int64
+    if (type(shape) is not tuple or len(shape) > _MAX_DIMS or not all(type(d) is int and d >= 0 for d in shape)
+            or math.prod(d for d in shape if d) >= 2 ** 63):
+        raise Refused('gives {} the shape {}, not a tuple of at most {} non-negative ints whose product fits '
+                      'int64'.format(whose, _show(shape), _MAX_DIMS))
     return shape
 
 
@@ -245,6 +246,8 @@ class _Bounded(object):
     def readline(self):
         line = self._file.readline()
         self.left -= len(line)
+        if not line.endswith(b'\n'):  # pickle would take the rest of a cut line as a whole name or number
+            raise Corrupt('truncated: the file ended inside a line')
         return line
 
 

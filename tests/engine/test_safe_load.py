@@ -138,6 +138,8 @@ ATTACKS = {  # id: (object to pickle, what the refusal says after "its pickle ")
                                    'gives a numpy array of shape (2000000000,) and dtype int8 (2000000000 bytes) '
                                    '0 bytes of data'),
     'negative shape': (numpy_array((-1,), F4, b''), 'gives a numpy array the shape (-1,), not a tuple of'),
+    'empty shape beyond int64': (numpy_array((0, 2 ** 40, 2 ** 40), F4, b''), 'whose product fits int64'),
+    'a float in a shape': (numpy_array((2.0,), F4, b'\0' * 8), 'gives a numpy array the shape (2.0,), not a'),
     'array data not bytes': (numpy_array((1,), F4, 'abcd'), "gives a numpy array the data 'abcd', not bytes"),
     'array state of another version': (numpy_array(None, None, None, state=(2, (1,), F4, False, b'\0' * 4)),
                                        "gives a numpy array the state (2, (1,), a numpy.dtype, False, "),
@@ -428,6 +430,8 @@ def test_half_precision_weights_and_optimizer_states_load_as_paddle_load_gives_t
         paddle.save(obj, path, protocol=protocol)
         got, want = safe_load.load(path), paddle.load(path)
         assert_same(got, want, name)
+        with open(path, 'rb') as f:
+            assert_same(safe_load.loads(f.read()), want, name + ' in memory')
     assert str(got['w'].dtype) == 'paddle.bfloat16' and got['meta']['anchors'].flags.writeable
     got['meta']['anchors'][0, 0] = 5  # as with paddle.load's array
 
@@ -495,15 +499,21 @@ def test_backbone_imagenet_weights_are_read_safely(tmp_path):
 def test_a_truncated_or_foreign_file_names_the_file(tmp_path):
     layer, _ = _trained_layer_and_optimizer()
     path = str(tmp_path / 'model.pdparams')
-    paddle.save(layer.state_dict(), path)
+    paddle.save({'w': paddle.zeros([300])}, path, protocol=2)  # protocol 2: the data's length comes first
     with open(path, 'rb') as f:
-        head = f.read(60)
-    for name, content in (('truncated.pdparams', head), ('text.pdparams', b'not a pickle\n')):
+        whole = f.read()
+    for name, content, why in (('truncated.pdparams', whole[:60], 'Corrupt: truncated: the file ended inside a line'),
+                               ('cut.pdparams', whole[:-40], r'Corrupt: truncated: an entry needs \d+ bytes'),
+                               ('text.pdparams', b'not a pickle\n', r'Corrupt: byte 0x6e is not a pickle opcode'),
+                               ('empty.pdparams', b'', 'Corrupt: truncated: an entry needs 1 bytes where 0')):
         bad = str(tmp_path / name)
         with open(bad, 'wb') as f:
             f.write(content)
-        with pytest.raises(safe_load.WeightsFileError, match='^{}: not a readable Paddle weights file'.format(bad)):
+        with pytest.raises(safe_load.WeightsFileError, match='^{}: not a readable Paddle weights file, truncated '
+                                                             'or corrupt \\({}'.format(re.escape(bad), why)):
             safe_load.load(bad)
+    with pytest.raises(safe_load.WeightsFileError, match='^{}: cannot read the weights file'.format(path + '.x')):
+        safe_load.load(path + '.x')
 
 
 def test_the_opt_out_hands_a_trusted_file_to_paddle_load_with_a_warning(tmp_path, monkeypatch):
