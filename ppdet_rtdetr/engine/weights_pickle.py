@@ -34,6 +34,7 @@ early or is not a pickle raises `Corrupt` (or the unpickler's own error).
 """
 import _compat_pickle
 import collections
+import io
 import math
 import pickle
 import pickletools
@@ -88,11 +89,11 @@ def _kind(x):
 
 def _shape(shape, whose):
     # numpy's own limits: at most 32 dimensions, the product of the non-zero ones within int64
-    if (type(shape) is not tuple or len(shape) > _MAX_DIMS or not all(type(d) is int and d >= 0 for d in shape)
-            or math.prod(d for d in shape if d) >= 2 ** 63):
-        raise Refused('gives {} the shape {}, not a tuple of at most {} non-negative ints whose product fits '
-                      'int64'.format(whose, _show(shape), _MAX_DIMS))
-    return shape
+    if (type(shape) is tuple and len(shape) <= _MAX_DIMS and set(map(type, shape)) <= {int}
+            and min(shape, default=0) >= 0 and (math.prod(shape) or math.prod(d for d in shape if d)) < 2 ** 63):
+        return shape
+    raise Refused('gives {} the shape {}, not a tuple of at most {} non-negative ints whose product fits '
+                  'int64'.format(whose, _show(shape), _MAX_DIMS))
 
 
 def _built_dtype(dtype, whose):
@@ -204,6 +205,7 @@ class _Name(object):
 
 
 _NDARRAY = _Name()
+_BASE = pickle._Unpickler.dispatch
 _OPNAME = {op.code.encode('latin-1')[0]: op.name for op in pickletools.opcodes}
 _NOT_DATA = {  # opcode -> what it does; paddle.save writes none of them
     'INST': 'builds an object of a class', 'OBJ': 'builds an object of a class',
@@ -220,11 +222,21 @@ def _refuse_opcode(reader, code):
         _OPNAME[code], _NOT_DATA[_OPNAME[code]]))
 
 
-class _Dispatch(dict):
-    def __missing__(self, code):
-        if code in _OPNAME and _OPNAME[code] in _NOT_DATA:
-            return lambda reader: _refuse_opcode(reader, code)
-        raise Corrupt('byte {:#04x} is not a pickle opcode'.format(code))
+def _not_an_opcode(reader, code):
+    raise Corrupt('byte {:#04x} is not a pickle opcode'.format(code))
+
+
+def _dispatch():
+    """{byte: handler} for all 256 bytes (a plain dict: the loop's lookup is the fast one): pickle's handler
+    for a data opcode, a refusal for the others, an error for a byte that is no opcode."""
+    table = {}
+    for code in range(256):
+        if code in _OPNAME and _OPNAME[code] not in _NOT_DATA:
+            table[code] = _BASE[code]
+        else:
+            refuse = _refuse_opcode if code in _OPNAME else _not_an_opcode
+            table[code] = (lambda refuse, code: lambda reader: refuse(reader, code))(refuse, code)
+    return table
 
 
 class _Bounded(object):
@@ -251,12 +263,9 @@ class _Bounded(object):
         return line
 
 
-_BASE = pickle._Unpickler.dispatch
-
-
 class _Reader(pickle._Unpickler):
     """The pure-Python unpickler with data opcodes only, stand-ins for globals and checked BUILD / REDUCE."""
-    dispatch = _Dispatch((code, load) for code, load in _BASE.items() if _OPNAME[code] not in _NOT_DATA)
+    dispatch = _dispatch()
 
     def __init__(self, file, size):
         super().__init__(_Bounded(file, size), encoding='latin1')
@@ -270,6 +279,37 @@ class _Reader(pickle._Unpickler):
             self._globals[(core + '.multiarray', 'scalar')] = self._scalar
             self._globals[(core + '.numeric', '_frombuffer')] = self._frombuffer
         self._callables = {id(f): f for f in self._globals.values() if f is not _NDARRAY}
+
+    def load(self):
+        """pickle's own loop, except that inside a frame (protocols 4-5: every small opcode) ``self.read`` is the
+        frame's ``BytesIO.read``, a C call, where pickle goes through a Python method per read. A value cut by
+        the end of its frame is read short (pickle raises), and is then refused or fails like any short value."""
+        self.metastack, self.stack, self.proto, self._frame = [], [], 0, None
+        self.append = self.stack.append
+        self.read, self.readline = self._file_read, self._file_readline
+        dispatch = self.dispatch
+        try:
+            while True:
+                key = self.read(1)
+                if not key:  # the end of a frame (at the file's end _Bounded raises)
+                    self.read, self.readline, self._frame = self._file_read, self._file_readline, None
+                    continue
+                dispatch[key[0]](self)
+        except pickle._Stop as stop:
+            return stop.value
+
+    def _load_frame(self):
+        size = int.from_bytes(self.read(8), 'little')
+        if self._frame is not None and self._frame.read(1):
+            raise Corrupt('a frame begins inside another one')
+        self._frame = io.BytesIO(self._file_read(size))
+        self.read, self.readline = self._frame.read, self._read_frame_line
+
+    def _read_frame_line(self):
+        line = self._frame.readline()
+        if not line.endswith(b'\n'):
+            raise Corrupt('a line is cut by the end of its frame')
+        return line
 
     def find_class(self, module, name):
         resolved = _python3_name(module, name)
@@ -289,7 +329,7 @@ class _Reader(pickle._Unpickler):
         args = self.stack.pop()
         func = self.stack[-1]
         if self._callables.get(id(func)) is not func:
-            raise Refused('calls {}{} (paddle.save writes calls only in the forms listed by safe_load)'.format(
+            raise Refused('calls {}{}, which paddle.save never writes'.format(
                 _kind(func), ' directly' if func is _NDARRAY else ''))
         if type(args) is not tuple:
             raise Refused('calls the global {} with {}, not a tuple'.format(func.__doc__, _show(args)))
@@ -337,6 +377,8 @@ class _Reader(pickle._Unpickler):
     # stand-ins: each docstring is the global it stands for
     def _reconstruct(self, *args):
         """numpy.core.multiarray._reconstruct"""
+        if args == (_NDARRAY, (0,), b'b') and type(args[2]) is bytes:  # numpy's form: checked below in detail
+            return _Array()
         _require(len(args) == 3 and args[0] is _NDARRAY and type(args[1]) is tuple and len(args[1]) == 1
                  and type(args[1][0]) is int and args[1][0] == 0 and type(args[2]) is bytes and args[2] == b'b',
                  self._reconstruct, args, "(numpy.ndarray, (0,), b'b')")
@@ -412,6 +454,7 @@ def _require(ok, stand_in, args, form):
 
 
 for _code, _load in ((pickle.REDUCE, _Reader._load_reduce), (pickle.BUILD, _Reader._load_build),
+                     (pickle.FRAME, _Reader._load_frame),
                      (pickle.INST, _Reader._load_inst), (pickle.SETITEM, _Reader._load_setitem),
                      (pickle.SETITEMS, _Reader._load_setitems), (pickle.DICT, _Reader._load_dict),
                      (pickle.ADDITEMS, _Reader._load_additems), (pickle.BYTEARRAY8, _Reader._load_bytearray8)):
@@ -441,10 +484,13 @@ def _to_data(obj, budget):
             return done[id(x)]
         if depth >= MAX_DEPTH:
             raise Refused('nests containers deeper than {} levels'.format(MAX_DEPTH))
-        if kind in (list, tuple, set):
-            items = [convert(v, depth + 1) for v in x]
-            result = kind(v for v, _ in items)
-            size = 1 + sum(s for _, s in items)
+        if kind is list or kind is tuple or kind is set:
+            result, size = [], 1
+            for item in x:
+                value, item_size = convert(item, depth + 1)
+                result.append(value)
+                size += item_size
+            result = result if kind is list else kind(result)
         elif kind in (dict, collections.OrderedDict):
             result, size = kind(), 1
             for key, value in x.items():

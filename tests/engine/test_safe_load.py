@@ -417,14 +417,16 @@ def test_paddles_own_split_of_big_arrays_is_joined_as_paddle_load_does(tmp_path,
 @pytest.mark.parametrize('protocol', [2, 3, 4])
 def test_half_precision_weights_and_optimizer_states_load_as_paddle_load_gives_them(tmp_path, protocol):
     """bf16 (saved as uint16) and fp16 parameters, an optimizer state with fp32 master weights and the LR
-    scheduler's dict, numpy values that paddle.load leaves numpy (writable, as its arrays are)."""
+    scheduler's dict, numpy values that paddle.load leaves numpy (writable, as its arrays are; a Fortran-order
+    array in Fortran order)."""
     paddle.seed(3)
     weights = {'w.bf16': paddle.randn([3, 5]).astype('bfloat16'), 'b.fp16': paddle.randn([5]).astype('float16')}
     optimizer = dict({name + '_moment1_0': paddle.zeros_like(value, dtype='float32') for name, value in weights.items()},
                      master_weights={name: value.astype('float32') for name, value in weights.items()},
                      LR_Scheduler={'last_epoch': 7, 'last_lr': 0.0125})
     files = {'model': weights, 'optimizer': optimizer,
-             'with numpy': {'w': weights['w.bf16'], 'meta': {'anchors': np.linspace(0, 1, 6).reshape(2, 3)}}}
+             'with numpy': {'w': weights['w.bf16'], 'meta': {'anchors': np.linspace(0, 1, 6).reshape(2, 3),
+                                                              'fortran': np.asfortranarray(np.eye(3, 2))}}}
     for name, obj in files.items():
         path = str(tmp_path / '{}.pdparams'.format(name))
         paddle.save(obj, path, protocol=protocol)
@@ -433,6 +435,7 @@ def test_half_precision_weights_and_optimizer_states_load_as_paddle_load_gives_t
         with open(path, 'rb') as f:
             assert_same(safe_load.loads(f.read()), want, name + ' in memory')
     assert str(got['w'].dtype) == 'paddle.bfloat16' and got['meta']['anchors'].flags.writeable
+    assert got['meta']['fortran'].flags.f_contiguous and want['meta']['fortran'].flags.f_contiguous
     got['meta']['anchors'][0, 0] = 5  # as with paddle.load's array
 
 
