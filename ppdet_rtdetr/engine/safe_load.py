@@ -5,10 +5,11 @@ pickle calls it while reading. Allowing only numpy's globals is not enough eithe
 ``numpy.dtype`` given values from the file (object or structured dtypes, ``buffer=``, dtype state with object
 flags) hand out raw memory and arbitrary objects, crash the process or allocate gigabytes. ``load`` reads the
 same files with ``weights_pickle``: every global the pickle names is a stand-in that accepts only the exact
-form ``paddle.save`` writes, and numpy objects are made after unpickling from a dtype of a fixed list of plain
-numeric ones (bool, int8-64, uint8-64, float16/32/64, complex64/128; Paddle saves bfloat16 as uint16), a shape
-of non-negative ints and bytes of exactly ``prod(shape) * itemsize``: ``np.frombuffer(bytes).reshape(shape)``,
-a view of the bytes the pickle holds (Fortran order as numpy pickles it). BUILD on anything but those arrays
+form ``paddle.save`` writes, and numpy objects are made after unpickling (``weights_numpy``) from a dtype of a
+fixed list of plain numeric ones (bool, int8-64, uint8-64, float16/32/64, complex64/128; Paddle saves
+bfloat16 as uint16), a shape of non-negative ints and bytes of exactly ``prod(shape) * itemsize``:
+``np.frombuffer(bytes).reshape(shape)``, a view of the bytes the pickle holds (Fortran order as numpy pickles
+it), a genuine file's dtype and shape only select among these. BUILD on anything but those arrays
 and dtypes, object / structured / sub-array / big-endian dtypes, ``numpy.ndarray`` called directly, other
 globals and opcodes, containers nested deeper than 100 levels: refused, naming the file and what was found.
 No read asks for more bytes than the file has left, so the array data is bounded by the file's size.

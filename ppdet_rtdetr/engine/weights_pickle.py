@@ -1,15 +1,15 @@
-"""Unpickle a weights file as data: every global is a stand-in, numpy gets only validated numbers.
+"""Unpickle a weights file as data: every global is a stand-in, numpy gets only checked numbers.
 
 ``load(file, size)`` runs Python's own pickle interpreter (``pickle._Unpickler``, so that each opcode can be
 checked) with a dispatch table of data opcodes only. Each global the pickle names resolves to a stand-in
 here, never to the real callable; a stand-in accepts only the form ``paddle.save`` (and numpy's pickling
-under it) writes, and returns a placeholder or a builtin:
+under it) writes, and returns a placeholder of ``weights_numpy`` or a builtin:
 
 * ``numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')`` + BUILD ``(1, shape, dtype, is_fortran,
-  bytes)``; ``numpy.dtype(code, False, True)`` for a code of ``DTYPES`` + BUILD ``(3, '<' ('|' for one-byte
-  types), None, None, None, -1 or itemsize, -1, 0)`` (no sub-array, names, fields, flags, other byte order);
-  ``numpy.core.multiarray.scalar(dtype, itemsize bytes)``; protocol 5's ``numpy.core.numeric._frombuffer(
-  bytes or bytearray, dtype, shape, 'C' or 'F')``; numpy 2's ``numpy._core`` names alike;
+  bytes)``; ``numpy.dtype(code, False, True)`` + BUILD ``(3, '<' or '|', None, None, None, -1 or itemsize,
+  -1, 0)``; ``numpy.core.multiarray.scalar(dtype, bytes)``; protocol 5's ``numpy.core.numeric._frombuffer(
+  bytes or bytearray, dtype, shape, 'C' or 'F')``; numpy 2's ``numpy._core`` names alike (the parts are
+  checked by the placeholders);
 * Paddle's saved Tensor ``builtins.tuple(((name, array),))`` and saved DenseTensor ``builtins.eval('data',
   {'data': array})`` (the array is returned, nothing is evaluated);
 * ``collections.OrderedDict()``, ``builtins.set([hashable, ...])`` and, as protocols 0-2 write bytes,
@@ -19,13 +19,7 @@ BUILD is allowed only on the array and dtype placeholders, once each; REDUCE cal
 that build class instances (INST, OBJ, NEWOBJ, NEWOBJ_EX), reach outside the file (PERSID, BINPERSID, EXT1/2/4,
 out-of-band buffers) or make a frozenset are refused; dict keys and set members must be strings, bytes,
 numbers, None or tuples of these (a deeply nested tuple key overflows CPython's hash). Anything else raises
-`Refused`, whose ``found`` says what was found.
-
-After the last opcode the result is walked (at most ``MAX_DEPTH`` containers deep and one node per byte of
-the file, counting a shared container each time it is reached, as Paddle's post-processing will) and each
-placeholder becomes a numpy object: ``np.frombuffer(data, DTYPES[code]).reshape(shape, order)``, a view of
-the bytes object the pickle holds, with ``len(data) == prod(shape) * itemsize``; a numpy scalar from
-``itemsize`` bytes; a dtype of ``DTYPES``. A placeholder whose state never came is refused.
+`Refused`, whose ``found`` says what was found. Then ``weights_numpy.to_data`` makes the numpy objects.
 
 Memory: no read asks for more bytes than the file has left, so array data is at most the bytes read from the
 file; the stand-ins copy at most as many bytes / items as the file has (a memoized string encoded again and
@@ -34,177 +28,21 @@ early or is not a pickle raises `Corrupt` (or the unpickler's own error).
 """
 import _compat_pickle
 import collections
+import functools
 import io
-import math
 import pickle
 import pickletools
 
-import numpy as np
+from . import weights_numpy as wn
+from .weights_numpy import Refused
 
-__all__ = ['DTYPES', 'MAX_DEPTH', 'Corrupt', 'Refused', 'load']
-
-MAX_DEPTH = 100
-# numpy's code in a pickled dtype -> the dtype: the plain numeric ones (Paddle saves bfloat16 as uint16)
-DTYPES = {code: np.dtype(code).newbyteorder('<') for code in (
-    'b1', 'i1', 'i2', 'i4', 'i8', 'u1', 'u2', 'u4', 'u8', 'f2', 'f4', 'f8', 'c8', 'c16')}
-_MAX_DIMS = 32  # numpy 1.x's NPY_MAXDIMS
-_KEY_LEAVES = (str, bytes, int, float, bool, type(None))
-
-
-class Refused(Exception):
-    """The pickle is not data in ``paddle.save``'s forms. ``found`` completes "its pickle ..."."""
-
-    def __init__(self, found):
-        super().__init__(found)
-        self.found = found
+__all__ = ['Corrupt', 'Refused', 'load']
 
 
 class Corrupt(Exception):
     """The file ends before its pickle does, or the pickle is malformed."""
 
 
-def _show(x, depth=0):
-    """A short description of a value from the file (never its full repr: it may be huge or deep)."""
-    if type(x) in (str, bytes):
-        return repr(x[:40]) + ('...' if len(x) > 40 else '')
-    if type(x) is int and x.bit_length() > 64:
-        return 'an int of {} bits'.format(x.bit_length())  # repr would be slow, or refused past 4300 digits
-    if type(x) in (int, float, bool, type(None)):
-        return repr(x)
-    if type(x) in (tuple, list) and depth < 2:
-        inner = ', '.join(_show(v, depth + 1) for v in x[:8]) + (', ...' if len(x) > 8 else '')
-        return '({}{})'.format(inner, ',' if len(x) == 1 else '') if type(x) is tuple else '[{}]'.format(inner)
-    return _kind(x)
-
-
-def _kind(x):
-    """What `x` is: 'a numpy array', 'the global numpy.dtype', 'a dict', ..."""
-    if isinstance(x, _Placeholder):
-        return x.what
-    if x is _NDARRAY or isinstance(getattr(x, '__self__', None), _Reader):
-        return 'the global ' + x.__doc__
-    name = type(x).__name__
-    return ('an ' if name[0] in 'aeiouAEIOU' else 'a ') + name
-
-
-def _shape(shape, whose):
-    # numpy's own limits: at most 32 dimensions, the product of the non-zero ones within int64
-    if (type(shape) is tuple and len(shape) <= _MAX_DIMS and set(map(type, shape)) <= {int}
-            and min(shape, default=0) >= 0 and (math.prod(shape) or math.prod(d for d in shape if d)) < 2 ** 63):
-        return shape
-    raise Refused('gives {} the shape {}, not a tuple of at most {} non-negative ints whose product fits '
-                  'int64'.format(whose, _show(shape), _MAX_DIMS))
-
-
-def _built_dtype(dtype, whose):
-    if type(dtype) is not _Dtype or dtype.dtype is None:
-        raise Refused('gives {} the dtype {}, not a numpy.dtype of {} with its state'.format(
-            whose, _show(dtype), '/'.join(DTYPES)))
-    return dtype.dtype
-
-
-def _check_data(data, dtype, shape, whose):
-    """The bytes of an array: exactly prod(shape) * itemsize of them."""
-    if type(data) not in (bytes, bytearray):
-        raise Refused('gives {} the data {}, not bytes'.format(whose, _show(data)))
-    if len(data) != math.prod(shape) * dtype.itemsize:
-        raise Refused('gives {} of shape {} and dtype {} ({} bytes) {} bytes of data'.format(
-            whose, shape, dtype.name, math.prod(shape) * dtype.itemsize, len(data)))
-
-
-def _check_key(key, depth=0):
-    """Dict keys and set members: what paddle.save writes (a deep tuple would overflow C's hash)."""
-    if type(key) in _KEY_LEAVES:
-        return
-    if type(key) is tuple and depth < MAX_DEPTH:
-        for item in key:
-            _check_key(item, depth + 1)
-        return
-    raise Refused('uses {} as a dict key or set member'.format(
-        'a tuple nested deeper than {}'.format(MAX_DEPTH) if type(key) is tuple else _kind(key)))
-
-
-class _Placeholder(object):
-    """What a stand-in returns for a numpy object; `value` makes the numpy object after unpickling."""
-    __slots__ = ()
-    what = 'a placeholder'
-
-    def build(self, state):
-        raise Refused('gives a state (BUILD) to {}'.format(self.what))
-
-
-class _Dtype(_Placeholder):
-    __slots__ = ('code', 'dtype')
-    what = 'a numpy.dtype'
-
-    def __init__(self, code):
-        self.code, self.dtype = code, None
-
-    def build(self, state):
-        if self.dtype is not None:
-            raise Refused('gives numpy.dtype {!r} a second state'.format(self.code))
-        dtype = DTYPES[self.code]
-        order = '|' if dtype.itemsize == 1 else '<'
-        plain = (3, order, None, None, None, -1, -1, 0)
-        if not (type(state) is tuple and len(state) == 8 and all(type(v) is type(p) for v, p in zip(state, plain))
-                and state[:5] == plain[:5] and state[5] in (-1, dtype.itemsize) and state[6:] == plain[6:]):
-            raise Refused('gives numpy.dtype {!r} the state {}, not the plain one {} (a byte order, sub-array, '
-                          'names, fields, size or flags of its own are not numeric weights)'.format(
-                              self.code, _show(state), plain))
-        self.dtype = dtype
-
-    def value(self):
-        if self.dtype is None:
-            raise Refused('holds numpy.dtype {!r} without its state (no BUILD)'.format(self.code))
-        return self.dtype
-
-
-class _Array(_Placeholder):
-    __slots__ = ('data', 'dtype', 'shape', 'order')
-    what = 'a numpy array'
-
-    def __init__(self):
-        self.data = None
-
-    def set(self, data, dtype, shape, order):
-        _check_data(data, dtype, shape, 'a numpy array')
-        self.data, self.dtype, self.shape, self.order = data, dtype, shape, order
-
-    def build(self, state):
-        if self.data is not None:
-            raise Refused('gives a numpy array a second state')
-        if not (type(state) is tuple and len(state) == 5 and type(state[0]) is int and state[0] == 1):
-            raise Refused('gives a numpy array the state {}, not (1, shape, dtype, is_fortran, bytes)'.format(
-                _show(state)))
-        _, shape, dtype, fortran, data = state
-        if type(fortran) is not bool:
-            raise Refused('gives a numpy array the order flag {}, not True or False'.format(_show(fortran)))
-        self.set(data, _built_dtype(dtype, 'a numpy array'), _shape(shape, 'a numpy array'), 'F' if fortran else 'C')
-
-    def value(self):
-        if self.data is None:
-            raise Refused('holds a numpy array without its state (no BUILD)')
-        # [n * itemsize bytes] -> shape, a view of the pickle's own bytes
-        return np.frombuffer(self.data, self.dtype).reshape(self.shape, order=self.order)
-
-
-class _Scalar(_Placeholder):
-    __slots__ = ('data', 'dtype')
-    what = 'a numpy scalar'
-
-    def __init__(self, data, dtype):
-        self.data, self.dtype = data, dtype
-
-    def value(self):
-        return np.frombuffer(self.data, self.dtype)[0]
-
-
-class _Name(object):
-    """numpy.ndarray: only an argument of _reconstruct, never called."""
-    __doc__ = 'numpy.ndarray'
-
-
-_NDARRAY = _Name()
 _BASE = pickle._Unpickler.dispatch
 _OPNAME = {op.code.encode('latin-1')[0]: op.name for op in pickletools.opcodes}
 _NOT_DATA = {  # opcode -> what it does; paddle.save writes none of them
@@ -234,8 +72,7 @@ def _dispatch():
         if code in _OPNAME and _OPNAME[code] not in _NOT_DATA:
             table[code] = _BASE[code]
         else:
-            refuse = _refuse_opcode if code in _OPNAME else _not_an_opcode
-            table[code] = (lambda refuse, code: lambda reader: refuse(reader, code))(refuse, code)
+            table[code] = functools.partial(_refuse_opcode if code in _OPNAME else _not_an_opcode, code=code)
     return table
 
 
@@ -270,7 +107,7 @@ class _Reader(pickle._Unpickler):
     def __init__(self, file, size):
         super().__init__(_Bounded(file, size), encoding='latin1')
         self._budget = size + 1024  # bytes / items the stand-ins may copy: what the file holds
-        self._globals = {('numpy', 'ndarray'): _NDARRAY, ('numpy', 'dtype'): self._dtype,
+        self._globals = {('numpy', 'ndarray'): wn.NDARRAY, ('numpy', 'dtype'): self._dtype,
                          ('builtins', 'tuple'): self._tuple, ('builtins', 'eval'): self._eval,
                          ('builtins', 'set'): self._set, ('builtins', 'bytes'): self._bytes,
                          ('collections', 'OrderedDict'): self._ordered_dict, ('_codecs', 'encode'): self._encode}
@@ -278,7 +115,7 @@ class _Reader(pickle._Unpickler):
             self._globals[(core + '.multiarray', '_reconstruct')] = self._reconstruct
             self._globals[(core + '.multiarray', 'scalar')] = self._scalar
             self._globals[(core + '.numeric', '_frombuffer')] = self._frombuffer
-        self._callables = {id(f): f for f in self._globals.values() if f is not _NDARRAY}
+        self._callables = {id(f): f for f in self._globals.values() if f is not wn.NDARRAY}
 
     def load(self):
         """pickle's own loop, except that inside a frame (protocols 4-5: every small opcode) ``self.read`` is the
@@ -330,17 +167,17 @@ class _Reader(pickle._Unpickler):
         func = self.stack[-1]
         if self._callables.get(id(func)) is not func:
             raise Refused('calls {}{}, which paddle.save never writes'.format(
-                _kind(func), ' directly' if func is _NDARRAY else ''))
+                wn.kind(func), ' directly' if func is wn.NDARRAY else ''))
         if type(args) is not tuple:
-            raise Refused('calls the global {} with {}, not a tuple'.format(func.__doc__, _show(args)))
+            raise Refused('calls the global {} with {}, not a tuple'.format(func.__doc__, wn.show(args)))
         self.stack[-1] = func(*args)
 
     def _load_build(self):
         state = self.stack.pop()
         target = self.stack[-1]
-        if not isinstance(target, _Placeholder):
+        if not isinstance(target, wn.Placeholder):
             raise Refused('gives a state (BUILD) to {}; paddle.save gives one only to numpy arrays and '
-                          'dtypes'.format(_kind(target)))
+                      'dtypes'.format(wn.kind(target)))
         target.build(state)
 
     def _load_inst(self):
@@ -349,7 +186,7 @@ class _Reader(pickle._Unpickler):
         _refuse_opcode(self, pickle.INST[0])
 
     def _load_setitem(self):
-        _check_key(self.stack[-2])
+        wn.check_key(self.stack[-2])
         _BASE[pickle.SETITEM[0]](self)
 
     def _load_setitems(self):
@@ -362,11 +199,11 @@ class _Reader(pickle._Unpickler):
 
     def _check_marked_keys(self):
         for key in self.stack[::2]:  # the items above the mark: key, value, key, value...
-            _check_key(key)
+            wn.check_key(key)
 
     def _load_additems(self):
         for item in self.stack:
-            _check_key(item)
+            wn.check_key(item)
         _BASE[pickle.ADDITEMS[0]](self)
 
     def _load_bytearray8(self):
@@ -377,46 +214,48 @@ class _Reader(pickle._Unpickler):
     # stand-ins: each docstring is the global it stands for
     def _reconstruct(self, *args):
         """numpy.core.multiarray._reconstruct"""
-        if args == (_NDARRAY, (0,), b'b') and type(args[2]) is bytes:  # numpy's form: checked below in detail
-            return _Array()
-        _require(len(args) == 3 and args[0] is _NDARRAY and type(args[1]) is tuple and len(args[1]) == 1
+        if args == (wn.NDARRAY, (0,), b'b') and type(args[2]) is bytes:  # numpy's form: checked below in detail
+            return wn.Array()
+        _require(len(args) == 3 and args[0] is wn.NDARRAY and type(args[1]) is tuple and len(args[1]) == 1
                  and type(args[1][0]) is int and args[1][0] == 0 and type(args[2]) is bytes and args[2] == b'b',
                  self._reconstruct, args, "(numpy.ndarray, (0,), b'b')")
-        return _Array()
+        return wn.Array()
 
     def _dtype(self, *args):
         """numpy.dtype"""
-        _require(len(args) == 3 and type(args[0]) is str and args[0] in DTYPES and args[1] is False
-                 and args[2] is True, self._dtype, args, '(code, False, True) for a code of ' + '/'.join(DTYPES))
-        return _Dtype(args[0])
+        _require(len(args) == 3 and type(args[0]) is str and args[0] in wn.DTYPES and args[1] is False
+                 and args[2] is True, self._dtype, args, '(code, False, True) for a code of ' +
+                 '/'.join(wn.DTYPES))
+        return wn.Dtype(args[0])
 
     def _scalar(self, *args):
         """numpy.core.multiarray.scalar"""
         _require(len(args) == 2, self._scalar, args, '(dtype, bytes)')
-        dtype = _built_dtype(args[0], 'a numpy scalar')
-        _check_data(args[1], dtype, (), 'a numpy scalar')
-        return _Scalar(args[1], dtype)
+        dtype = wn.built_dtype(args[0], 'a numpy scalar')
+        wn.check_data(args[1], dtype, (), 'a numpy scalar')
+        return wn.Scalar(args[1], dtype)
 
     def _frombuffer(self, *args):
         """numpy.core.numeric._frombuffer"""
         _require(len(args) == 4 and type(args[3]) is str and args[3] in ('C', 'F'), self._frombuffer, args,
                  "(bytes, dtype, shape, 'C' or 'F')")
-        array = _Array()
-        array.set(args[0], _built_dtype(args[1], 'a numpy array'), _shape(args[2], 'a numpy array'), args[3])
+        array = wn.Array()
+        array.set(args[0], wn.built_dtype(args[1], 'a numpy array'), wn.check_shape(args[2], 'a numpy array'),
+                  args[3])
         return array
 
     def _tuple(self, *args):
         """builtins.tuple"""
         # Paddle writes a Tensor as tuple((name, array)); plain tuples are opcodes, not this global
         _require(len(args) == 1 and type(args[0]) is tuple and len(args[0]) == 2 and type(args[0][0]) is str
-                 and type(args[0][1]) is _Array, self._tuple, args, "Paddle's saved-tensor form ((name, array),)")
+                 and type(args[0][1]) is wn.Array, self._tuple, args, "Paddle's saved-tensor form ((name, array),)")
         return args[0]
 
     def _eval(self, *args):
         """builtins.eval"""
         # Paddle's reduce_DenseTensor writes eval('data', {'data': array}): return the array, evaluate nothing
         _require(len(args) == 2 and type(args[0]) is str and args[0] == 'data' and type(args[1]) is dict
-                 and len(args[1]) == 1 and type(args[1].get('data')) is _Array, self._eval, args,
+                 and len(args[1]) == 1 and type(args[1].get('data')) is wn.Array, self._eval, args,
                  "Paddle's saved-tensor form ('data', {'data': array})")
         return args[1]['data']
 
@@ -424,7 +263,7 @@ class _Reader(pickle._Unpickler):
         """builtins.set"""
         _require(len(args) == 1 and type(args[0]) is list, self._set, args, '([items],)')
         for item in args[0]:
-            _check_key(item)
+            wn.check_key(item)
         self._charge(len(args[0]))
         return set(args[0])
 
@@ -449,8 +288,8 @@ class _Reader(pickle._Unpickler):
 
 def _require(ok, stand_in, args, form):
     if not ok:
-        raise Refused('names the global {} (called with {} instead of {})'.format(stand_in.__doc__, _show(args),
-                                                                                  form))
+        raise Refused('names the global {} (called with {} instead of {})'.format(
+            stand_in.__doc__, wn.show(args), form))
 
 
 for _code, _load in ((pickle.REDUCE, _Reader._load_reduce), (pickle.BUILD, _Reader._load_build),
@@ -468,50 +307,6 @@ def _python3_name(module, name):
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-_LEAVES = (str, bytes, int, float, bool, type(None))
-
-
-def _to_data(obj, budget):
-    """`obj` with the placeholders made numpy objects; refuses other types, nesting deeper than MAX_DEPTH and
-    more than `budget` nodes counted as a tree (what Paddle's recursive post-processing will visit)."""
-    done = {}  # id -> (converted, tree size); the originals stay alive in obj, so ids are not reused
-
-    def convert(x, depth):
-        kind = type(x)
-        if kind in _LEAVES:
-            return x, 1
-        if id(x) in done:
-            return done[id(x)]
-        if depth >= MAX_DEPTH:
-            raise Refused('nests containers deeper than {} levels'.format(MAX_DEPTH))
-        if kind is list or kind is tuple or kind is set:
-            result, size = [], 1
-            for item in x:
-                value, item_size = convert(item, depth + 1)
-                result.append(value)
-                size += item_size
-            result = result if kind is list else kind(result)
-        elif kind in (dict, collections.OrderedDict):
-            result, size = kind(), 1
-            for key, value in x.items():
-                (key, key_size), (value, value_size) = convert(key, depth + 1), convert(value, depth + 1)
-                result[key] = value
-                size += key_size + value_size
-        elif isinstance(x, _Placeholder):
-            result, size = x.value(), 1
-        else:
-            raise Refused('holds {}, which is not data paddle.save writes'.format(_show(x)))
-        if size > budget:
-            raise Refused('reaches more than {} values through shared containers'.format(budget))
-        done[id(x)] = result, size
-        return result, size
-
-    try:
-        return convert(obj, 0)[0]
-    finally:
-        done.clear()  # convert's closure is a cycle: without this the arrays would wait for the collector
-
-
 def load(file, size):
     """The object pickled in `file` (`size` bytes from its position), with numpy arrays, scalars and dtypes.
 
@@ -527,4 +322,4 @@ def load(file, size):
         # the memo holds every bytes object, and the stand-ins (bound methods) make the reader a cycle that
         # only the garbage collector would free: drop both so each array's bytes go when its array goes
         reader.memo, reader._globals, reader._callables = None, None, None
-    return _to_data(obj, size + 1)
+    return wn.to_data(obj, size + 1)

@@ -421,7 +421,7 @@ def test_half_precision_weights_and_optimizer_states_load_as_paddle_load_gives_t
     array in Fortran order)."""
     paddle.seed(3)
     weights = {'w.bf16': paddle.randn([3, 5]).astype('bfloat16'), 'b.fp16': paddle.randn([5]).astype('float16')}
-    optimizer = dict({name + '_moment1_0': paddle.zeros_like(value, dtype='float32') for name, value in weights.items()},
+    optimizer = dict({name + '_moment1_0': paddle.zeros_like(v, dtype='float32') for name, v in weights.items()},
                      master_weights={name: value.astype('float32') for name, value in weights.items()},
                      LR_Scheduler={'last_epoch': 7, 'last_lr': 0.0125})
     files = {'model': weights, 'optimizer': optimizer,
