@@ -9,9 +9,9 @@ form ``paddle.save`` writes, and numpy objects are made after unpickling (``weig
 fixed list of plain numeric ones (bool, int8-64, uint8-64, float16/32/64, complex64/128; Paddle saves
 bfloat16 as uint16), a shape of non-negative ints and bytes of exactly ``prod(shape) * itemsize``:
 ``np.frombuffer(bytes).reshape(shape)``, a view of the bytes the pickle holds (Fortran order as numpy pickles
-it), a genuine file's dtype and shape only select among these. BUILD on anything but those arrays
-and dtypes, object / structured / sub-array / big-endian dtypes, ``numpy.ndarray`` called directly, other
-globals and opcodes, containers nested deeper than 100 levels: refused, naming the file and what was found.
+it); no numpy constructor sees any other value from the file. BUILD on anything but those arrays and dtypes,
+object / structured / sub-array / big-endian dtypes, ``numpy.ndarray`` called directly, other globals and
+opcodes, containers nested deeper than 100 levels: refused, naming the file and what was found.
 No read asks for more bytes than the file has left, so the array data is bounded by the file's size.
 
 Then the result goes through ``paddle.load``'s post-processing (Paddle 3.3.1's ``_parse_load_result``: arrays
