@@ -1,8 +1,8 @@
 """The numpy objects of a weights pickle, as placeholders checked against numpy's own pickled forms.
 
-``weights_pickle``'s stand-ins return placeholders instead of calling numpy: `_Dtype` (a code of ``DTYPES``,
-then its state), `_Array` (then ``(1, shape, dtype, is_fortran, bytes)``, or ``_frombuffer``'s arguments),
-`_Scalar` (a dtype and itemsize bytes). Each checks its part when it is given: a dtype of the fixed list of
+``weights_pickle``'s stand-ins return placeholders instead of calling numpy: `Dtype` (a code of ``DTYPES``,
+then its state), `Array` (then ``(1, shape, dtype, is_fortran, bytes)``, or ``_frombuffer``'s arguments),
+`Scalar` (a dtype and itemsize bytes). Each checks its part when it is given: a dtype of the fixed list of
 plain numeric ones (Paddle saves bfloat16 as uint16) in numpy's plain state only (byte order '<' or '|',
 no sub-array, names, fields, flags), a shape of at most 32 non-negative ints, bytes of exactly
 ``prod(shape) * itemsize``. `to_data` walks the unpickled object after the last opcode (at most
