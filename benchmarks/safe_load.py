@@ -1,7 +1,7 @@
 """Time and memory of reading an R50vd checkpoint: ``safe_load.load`` against ``paddle.load``.
 
     OMP_NUM_THREADS=1 python benchmarks/safe_load.py [--config configs/rtdetr/rtdetr_r50vd_6x_coco.yml]
-        [--repeats 5] [--out benchmarks/safe_load_r50vd.json]
+        [--repeats 5] [--out benchmarks/safe_load.json]
 
 Writes the config's model state dict (random initialisation) with ``paddle.save`` at protocol 4 (what ppdet's
 checkpoints use) and 2 (older files; bytes go through ``_codecs.encode`` there), and an AdamW optimizer state
@@ -10,6 +10,7 @@ alternating, after the file was read once (page cache warm): ``seconds`` is the 
 ``cpu_seconds`` its CPU time (less disturbed by other jobs on a shared machine than the wall time),
 ``peak_mb`` the process's peak RSS during the call (``VmHWM``, reset before it) over its RSS before it. A numpy GEMM
 probe before and after shows how loaded the shared machine was; compare the two loaders within one run.
+Prints the results as JSON and writes them to ``--out``.
 """
 import argparse
 import json
@@ -90,7 +91,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default=os.path.join(ROOT, 'configs', 'rtdetr', 'rtdetr_r50vd_6x_coco.yml'))
     parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--out', default=None, help='also write the JSON here')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'safe_load.json'),
+                        help='write the JSON here too')
     args = parser.parse_args(argv)
     result = {'config': os.path.relpath(args.config, ROOT), 'repeats': args.repeats,
               'gemm_gflops_before': gemm_gflops()}
@@ -121,9 +123,8 @@ def main(argv=None):
     result['gemm_gflops_after'] = gemm_gflops()
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
+    with open(args.out, 'w') as f:
+        f.write(text + '\n')
 
 
 if __name__ == '__main__':

@@ -3,7 +3,9 @@
 ``pickle`` itself cannot write ``os.system`` under that name (it writes the function's real module,
 ``posix``), so `Call` names its global by strings and `write_pickle` writes it with the opcodes of the
 requested protocol (0-5), including the Python 2 names (``__builtin__``) pickle uses below protocol 3.
-Every payload creates the file ``marker`` when it runs: a test asserts that the file never appears.
+Every payload of `payloads` creates the file ``marker`` when it runs: a test asserts that it never appears.
+`numpy_dtype` / `numpy_array` write numpy's own pickled forms with any arguments and state, for the attacks
+that use only numpy's globals.
 """
 import _compat_pickle
 import io
@@ -11,16 +13,19 @@ import pickle
 
 
 class Call(object):
-    """Unpickles as ``module.name(*args)``; nothing is imported when the pickle is written."""
+    """Unpickles as ``module.name(*args)``, then BUILD with `state` unless it is None; nothing is imported
+    when the pickle is written."""
 
-    def __init__(self, module, name, *args):
-        self.module, self.name, self.args = module, name, args
+    def __init__(self, module, name, *args, state=None):
+        self.module, self.name, self.args, self.state = module, name, args, state
 
     def __reduce__(self):
-        return _Global(self.module, self.name), self.args
+        return Global(self.module, self.name), self.args, self.state
 
 
-class _Global(object):
+class Global(object):
+    """Unpickles as the global ``module.name`` itself (not called)."""
+
     def __init__(self, module, name):
         self.module, self.name = module, name
 
@@ -29,7 +34,7 @@ class _Global(object):
 
 
 class _Pickler(pickle._Pickler):
-    """The pure-Python pickler, writing `_Global` as the global it names."""
+    """The pure-Python pickler, writing `Global` as the global it names."""
     dispatch = dict(pickle._Pickler.dispatch)
 
     def _save_named_global(self, obj):
@@ -45,7 +50,7 @@ class _Pickler(pickle._Pickler):
             self.write(pickle.GLOBAL + '{}\n{}\n'.format(module, name).encode('ascii'))
         self.memoize(obj)
 
-    dispatch[_Global] = _save_named_global
+    dispatch[Global] = _save_named_global
 
 
 def write_pickle(path, obj, protocol):
@@ -66,3 +71,18 @@ def payloads(marker):
         'subprocess.Popen': (Call('subprocess', 'Popen', ['touch', marker]), 'subprocess.Popen'),
         'subprocess.check_call': (Call('subprocess', 'check_call', ['touch', marker]), 'subprocess.check_call'),
     }
+
+
+PLAIN_DTYPE_STATE = (3, '<', None, None, None, -1, -1, 0)  # what numpy pickles for np.dtype('f4') and the like
+
+
+def numpy_dtype(code, state=PLAIN_DTYPE_STATE, args=(False, True)):
+    """numpy's pickled form of ``np.dtype(code)``: ``numpy.dtype(code, False, True)`` + BUILD `state`."""
+    return Call('numpy', 'dtype', code, *args, state=state)
+
+
+def numpy_array(shape, dtype, data, fortran=False, state=None):
+    """numpy's pickled form of an array: ``_reconstruct(numpy.ndarray, (0,), b'b')`` + BUILD
+    ``(1, shape, dtype, fortran, data)`` (or `state`); `dtype` is usually a `numpy_dtype`."""
+    return Call('numpy.core.multiarray', '_reconstruct', Global('numpy', 'ndarray'), (0,), b'b',
+                state=(1, shape, dtype, fortran, data) if state is None else state)
