@@ -36,6 +36,7 @@ from ppdet.utils.logger import setup_logger
 from . import ops
 from .engine.checkpoint import load_model_weights
 from .modeling.deformable_attn import MSDeformableAttention
+from .onnx_clean import clean_onnx_model
 
 logger = setup_logger(__name__)
 
@@ -305,6 +306,8 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
     A model that needs a newer opset (ppdet's SwinTransformer needs 17) is converted at that opset, with a
     warning: paddle2onnx would otherwise abort the process. Its default optimizer (polygraphy) pip-installs
     packages at run time (it upgraded numpy to 2.x here), so optimisation is off.
+    The file is then tidied (`onnx_clean.clean_onnx_model`): the batch axis is `batch` on every input and
+    output, a dynamic-size export's image axes `height` / `width`, and constants no node reads are gone.
     Returns the path of the written file (model_dir/model.onnx by default); raises RuntimeError when
     paddle2onnx writes nothing (it logs the error and carries on), ValueError (`check_portable`) for an export
     made with export.cpu_fused_attention.
@@ -312,9 +315,11 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
     import onnx
     import paddle2onnx
     infer_cfg_file = os.path.join(model_dir, 'infer_cfg.yml')
+    infer_cfg = {}
     if os.path.isfile(infer_cfg_file):
         with open(infer_cfg_file) as f:
-            check_portable('custom_op_library' in (yaml.safe_load(f) or {}), infer_cfg_file)
+            infer_cfg = yaml.safe_load(f) or {}
+        check_portable('custom_op_library' in infer_cfg, infer_cfg_file)
     model_file = os.path.join(model_dir, 'model.json')
     if not os.path.exists(model_file):
         model_file = os.path.join(model_dir, 'model.pdmodel')
@@ -326,8 +331,9 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
                        optimize_tool='None')
     if not os.path.exists(save_file):
         raise RuntimeError(f'paddle2onnx did not convert {model_file} (see its log above)')
-    opsets = onnx.load(save_file, load_external_data=False).opset_import
-    opset = max(o.version for o in opsets if o.domain in ('', 'ai.onnx'))
+    model = clean_onnx_model(onnx.load(save_file), bool(infer_cfg.get('exclude_post_process', False)))
+    onnx.save(model, save_file)
+    opset = max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))
     if opset != opset_version:
         logger.warning(f'{save_file} was written at ONNX opset {opset}: the model has ops opset {opset_version} lacks.')
     return save_file
