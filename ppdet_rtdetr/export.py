@@ -20,6 +20,9 @@ The exported contract (what `deploy/` reads):
   GPU or TensorRT). The folder then holds the operator's library and infer_cfg.yml names it in
   `custom_op_library` and its operators in `custom_ops`; the deploy scripts register it before they create a
   predictor.
+- PaddleX (`paddlex_files.py`): the folder also holds `inference.json` / `inference.pdiparams` (hard links to the
+  model files) and `inference.yml` (infer_cfg.yml + `Global.model_name`, from the backbone or
+  `export.paddlex_model_name`), which PaddleX 3.x loads unchanged.
 """
 import os
 import shutil
@@ -37,6 +40,7 @@ from . import ops
 from .engine.checkpoint import load_model_weights
 from .modeling.deformable_attn import MSDeformableAttention
 from .onnx_clean import clean_onnx_model
+from .paddlex_files import paddlex_model_name, write_paddlex_files
 
 logger = setup_logger(__name__)
 
@@ -269,7 +273,9 @@ def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, t
     Args:
         cfg (AttrDict): the config, `eval_size` already set by `resolve_export_size`.
         model (nn.Layer): the eval-mode architecture; it stays a dygraph layer (the trace is of a wrapper).
-        save_dir (str): created if missing; receives model.json, model.pdiparams and infer_cfg.yml.
+        save_dir (str): created if missing; receives model.json, model.pdiparams and infer_cfg.yml, and for
+            PaddleX inference.json / inference.pdiparams (hard links to the model files) and inference.yml
+            (infer_cfg.yml + Global.model_name: `paddlex_files.paddlex_model_name`).
         size (list[int]|None): [H, W] from `resolve_export_size` (-1: dynamic axis); default `eval_size`.
         trt_min_size, trt_max_size (list[int]|None): see `build_infer_cfg`.
     Returns:
@@ -282,6 +288,7 @@ def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, t
                          'after resolve_export_size')
     raw = bool(model.exclude_post_process)
     infer_cfg = build_infer_cfg(cfg, model, size, trt_min_size, trt_max_size)  # its errors before any file
+    paddlex_name = paddlex_model_name(cfg)
     os.makedirs(save_dir, exist_ok=True)
     # None: a dynamic axis (batch always)
     input_spec = [InputSpec([None, 3] + [s if s > 0 else None for s in size], 'float32', 'image')]
@@ -294,6 +301,7 @@ def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, t
     if 'custom_op_library' in infer_cfg:
         shutil.copyfile(ops.load_cpu_ops(), os.path.join(save_dir, infer_cfg['custom_op_library']))
     write_infer_cfg(infer_cfg, os.path.join(save_dir, 'infer_cfg.yml'))
+    write_paddlex_files(save_dir, infer_cfg, paddlex_name)
     hw = 'x'.join(str(s) if s > 0 else 'any' for s in size)
     logger.info(f"Exported {cfg.architecture} for {hw} inputs (dynamic batch, "
                 f"{'raw outputs' if raw else 'with post-process'}) to {save_dir}")
