@@ -39,7 +39,7 @@ from ppdet.utils.logger import setup_logger
 from . import ops
 from .engine.checkpoint import load_model_weights
 from .modeling.deformable_attn import MSDeformableAttention
-from .onnx_clean import clean_onnx_model
+from .onnx_clean import clean_onnx_model, remove_dead_nodes
 from .paddlex_files import paddlex_model_name, write_paddlex_files
 
 logger = setup_logger(__name__)
@@ -314,8 +314,9 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
     A model that needs a newer opset (ppdet's SwinTransformer needs 17) is converted at that opset, with a
     warning: paddle2onnx would otherwise abort the process. Its default optimizer (polygraphy) pip-installs
     packages at run time (it upgraded numpy to 2.x here), so optimisation is off.
-    The file is then tidied (`onnx_clean.clean_onnx_model`): the batch axis is `batch` on every input and
-    output, a dynamic-size export's image axes `height` / `width`, and constants no node reads are gone.
+    The file is then tidied (`onnx_clean`): constants no node reads are gone and, for a folder with an
+    infer_cfg.yml, the batch axis is `batch` on every input and output and a dynamic-size export's image axes
+    `height` / `width`.
     Returns the path of the written file (model_dir/model.onnx by default); raises RuntimeError when
     paddle2onnx writes nothing (it logs the error and carries on), ValueError (`check_portable`) for an export
     made with export.cpu_fused_attention.
@@ -339,7 +340,11 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
                        optimize_tool='None')
     if not os.path.exists(save_file):
         raise RuntimeError(f'paddle2onnx did not convert {model_file} (see its log above)')
-    model = clean_onnx_model(onnx.load(save_file), bool(infer_cfg.get('exclude_post_process', False)))
+    model = onnx.load(save_file)
+    if infer_cfg:  # a detector folder (tools/export_model.py): the contract's axis names too
+        clean_onnx_model(model, bool(infer_cfg.get('exclude_post_process', False)))
+    else:  # any other paddle.jit.save folder: only what nothing reads goes
+        remove_dead_nodes(model.graph)
     onnx.save(model, save_file)
     opset = max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))
     if opset != opset_version:

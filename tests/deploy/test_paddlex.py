@@ -7,6 +7,7 @@ on the CPU-operator export after registering its library (what a PaddleX user ha
 for it). Reference: our deploy/python on the same image, with PaddleX's own box handling applied (clipped to the
 image, boxes left empty by the clip dropped, score > threshold).
 """
+import glob
 import json
 import os
 import subprocess
@@ -34,8 +35,10 @@ def paddlex_python():
 
 def _env(python):
     # drawing (the CLI's saved image) makes PaddleX download a font unless this names one; offline that fails
-    font = os.path.join(os.path.dirname(os.path.dirname(python)), 'lib', 'python3.11', 'site-packages', 'matplotlib',
-                        'mpl-data', 'fonts', 'ttf', 'DejaVuSans.ttf')
+    venv = os.path.dirname(os.path.dirname(python))
+    fonts = glob.glob(f'{venv}/lib/python*/site-packages/matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf')
+    assert fonts, f'no DejaVuSans.ttf in {venv} (paddlex[cv] brings matplotlib, which ships it)'
+    font = fonts[0]
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}  # the venv sees neither ppdet nor this repo
     return dict(env, OMP_NUM_THREADS='1', PADDLE_PDX_LOCAL_FONT_FILE_PATH=font)
 
