@@ -10,7 +10,6 @@ PaddleX user has to. Prints one JSON object: {"<dir> model" | "<dir> pipeline": 
 import json
 import sys
 
-import paddlex
 import yaml
 
 
@@ -27,6 +26,7 @@ def pipeline_config(model_dir, model_name):
 
 
 def main(image, folders):
+    import paddlex  # here: test_paddlex.py imports pipeline_config in an environment without PaddleX
     out = {}
     for folder in folders:
         model_dir, _, library = folder.partition(':')

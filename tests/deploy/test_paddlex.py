@@ -19,6 +19,7 @@ import yaml
 
 from helpers.export_utils import ROOT, ExportCase, assert_same_detections, paddle_infer  # noqa: F401  (fixture)
 from helpers.venvs import cached_venv
+from paddlex_run import pipeline_config  # tests/deploy: the runner's pipeline, here written for the CLI
 
 REQUIREMENTS = os.path.join(ROOT, 'deploy', 'paddlex', 'requirements.txt')
 IMAGE = 'a_wide.png'
@@ -100,9 +101,7 @@ def test_create_model_and_pipeline_match_deploy_python(paddlex_python, ours):
 def test_paddlex_cli_pipeline_matches_deploy_python(name, paddlex_python, ours, tmp_path):
     model_dir = ExportCase(name).model_dir
     config = tmp_path / 'object_detection.yaml'
-    config.write_text(yaml.safe_dump({'pipeline_name': 'object_detection', 'SubModules': {'ObjectDetection': {
-        'module_name': 'object_detection', 'model_name': 'RT-DETR-R18', 'model_dir': model_dir, 'batch_size': 1,
-        'img_size': None, 'threshold': 0.0}}}))
+    config.write_text(yaml.safe_dump(pipeline_config(model_dir, 'RT-DETR-R18')))
     paddlex_cli = os.path.join(os.path.dirname(paddlex_python), 'paddlex')
     proc = subprocess.run([paddlex_cli, '--pipeline', str(config), '--input', ours[name][1], '--device', 'cpu',
                            '--save_path', str(tmp_path / 'out')], capture_output=True, text=True,
