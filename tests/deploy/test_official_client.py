@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers.export_utils import ROOT, ExportCase, assert_same_detections, paddle_infer  # noqa: F401  (fixture)
+from helpers.export_utils import ExportCase, assert_same_detections, paddle_infer  # noqa: F401  (fixture)
 
 paddle = pytest.importorskip('paddle')
 from paddle.inference import Config, create_predictor  # noqa: E402
