@@ -32,5 +32,7 @@ setup(
         'test': ['pytest', 'matplotlib'],
         'demo': ['matplotlib'],  # the demo's learning-curve plot
         'onnx': ['paddle2onnx==2.1.0', 'onnxruntime>=1.31', 'ml_dtypes'],  # ml_dtypes: onnxruntime's quantizer
+        'openvino': ['openvino==2026.4.1'],  # deploy/openvino; PaddleX and FastDeploy need their own environments
+                                             # (deploy/paddlex, deploy/fastdeploy: requirements.txt)
     },
 )

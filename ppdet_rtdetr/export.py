@@ -20,6 +20,9 @@ The exported contract (what `deploy/` reads):
   GPU or TensorRT). The folder then holds the operator's library and infer_cfg.yml names it in
   `custom_op_library` and its operators in `custom_ops`; the deploy scripts register it before they create a
   predictor.
+- PaddleX (`paddlex_files.py`): the folder also holds `inference.json` / `inference.pdiparams` (hard links to the
+  model files) and `inference.yml` (infer_cfg.yml + `Global.model_name`, from the backbone or
+  `export.paddlex_model_name`), which PaddleX 3.x loads unchanged.
 """
 import os
 import shutil
@@ -36,6 +39,8 @@ from ppdet.utils.logger import setup_logger
 from .native import cpu_ops as ops
 from .engine.checkpoint import load_model_weights
 from .modeling.deformable_attn import MSDeformableAttention
+from .onnx_clean import clean_onnx_model, remove_dead_nodes
+from .paddlex_files import paddlex_model_name, write_paddlex_files
 
 logger = setup_logger(__name__)
 
@@ -270,7 +275,9 @@ def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, t
     Args:
         cfg (AttrDict): the config, `eval_size` already set by `resolve_export_size`.
         model (nn.Layer): the eval-mode architecture; it stays a dygraph layer (the trace is of a wrapper).
-        save_dir (str): created if missing; receives model.json, model.pdiparams and infer_cfg.yml.
+        save_dir (str): created if missing; receives model.json, model.pdiparams and infer_cfg.yml, and for
+            PaddleX inference.json / inference.pdiparams (hard links to the model files) and inference.yml
+            (infer_cfg.yml + Global.model_name: `paddlex_files.paddlex_model_name`).
         size (list[int]|None): [H, W] from `resolve_export_size` (-1: dynamic axis); default `eval_size`.
         trt_min_size, trt_max_size (list[int]|None): see `build_infer_cfg`.
     Returns:
@@ -283,6 +290,7 @@ def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, t
                          'after resolve_export_size')
     raw = bool(model.exclude_post_process)
     infer_cfg = build_infer_cfg(cfg, model, size, trt_min_size, trt_max_size)  # its errors before any file
+    paddlex_name = paddlex_model_name(cfg)
     os.makedirs(save_dir, exist_ok=True)
     # None: a dynamic axis (batch always)
     input_spec = [InputSpec([None, 3] + [s if s > 0 else None for s in size], 'float32', 'image')]
@@ -295,6 +303,7 @@ def export_inference_model(cfg, model, save_dir, size=None, trt_min_size=None, t
     if 'custom_op_library' in infer_cfg:
         shutil.copyfile(ops.load_cpu_ops(), os.path.join(save_dir, infer_cfg['custom_op_library']))
     write_infer_cfg(infer_cfg, os.path.join(save_dir, 'infer_cfg.yml'))
+    write_paddlex_files(save_dir, infer_cfg, paddlex_name)
     hw = 'x'.join(str(s) if s > 0 else 'any' for s in size)
     logger.info(f"Exported {cfg.architecture} for {hw} inputs (dynamic batch, "
                 f"{'raw outputs' if raw else 'with post-process'}) to {save_dir}")
@@ -307,6 +316,9 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
     A model that needs a newer opset (ppdet's SwinTransformer needs 17) is converted at that opset, with a
     warning: paddle2onnx would otherwise abort the process. Its default optimizer (polygraphy) pip-installs
     packages at run time (it upgraded numpy to 2.x here), so optimisation is off.
+    The file is then tidied (`onnx_clean`): constants no node reads are gone and, for a folder with an
+    infer_cfg.yml, the batch axis is `batch` on every input and output and a dynamic-size export's image axes
+    `height` / `width`.
     Returns the path of the written file (model_dir/model.onnx by default); raises RuntimeError when
     paddle2onnx writes nothing (it logs the error and carries on), ValueError (`check_portable`) for an export
     made with export.cpu_fused_attention.
@@ -314,9 +326,11 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
     import onnx
     import paddle2onnx
     infer_cfg_file = os.path.join(model_dir, 'infer_cfg.yml')
+    infer_cfg = {}
     if os.path.isfile(infer_cfg_file):
         with open(infer_cfg_file) as f:
-            check_portable('custom_op_library' in (yaml.safe_load(f) or {}), infer_cfg_file)
+            infer_cfg = yaml.safe_load(f) or {}
+        check_portable('custom_op_library' in infer_cfg, infer_cfg_file)
     model_file = os.path.join(model_dir, 'model.json')
     if not os.path.exists(model_file):
         model_file = os.path.join(model_dir, 'model.pdmodel')
@@ -328,8 +342,13 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
                        optimize_tool='None')
     if not os.path.exists(save_file):
         raise RuntimeError(f'paddle2onnx did not convert {model_file} (see its log above)')
-    opsets = onnx.load(save_file, load_external_data=False).opset_import
-    opset = max(o.version for o in opsets if o.domain in ('', 'ai.onnx'))
+    model = onnx.load(save_file)
+    if infer_cfg:  # a detector folder (tools/export_model.py): the contract's axis names too
+        clean_onnx_model(model, bool(infer_cfg.get('exclude_post_process', False)))
+    else:  # any other paddle.jit.save folder: only what nothing reads goes
+        remove_dead_nodes(model.graph)
+    onnx.save(model, save_file)
+    opset = max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))
     if opset != opset_version:
         logger.warning(f'{save_file} was written at ONNX opset {opset}: the model has ops opset {opset_version} lacks.')
     return save_file

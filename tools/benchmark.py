@@ -1,7 +1,7 @@
 """CPU latency / FPS of an RT-DETR config per engine, each figure also as a fraction of a float32 GEMM.
 
     python tools/benchmark.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml [-o weights=W] [--image_shape 3 640 640]
-        [--engines dygraph paddle paddle_mkldnn onnxruntime] [--batch_sizes 1 2] [--cpu_threads 2]
+        [--engines dygraph paddle paddle_mkldnn onnxruntime openvino] [--batch_sizes 1 2] [--cpu_threads 2]
         [--warmup 3] [--runs 10] [--profile] [--output benchmarks/x.json] [--note "..."]
 
 The model is exported once (random weights with seed 0 unless `-o weights=` is given); then every engine and

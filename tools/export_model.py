@@ -7,7 +7,9 @@
         [-o RTDETRDeformableTransformer.cross_attn_method=discrete]
 
 Writes output_dir/<config name>/{model.json, model.pdiparams, infer_cfg.yml} (and model.onnx with --onnx)
-for deploy/python/infer.py, deploy/onnxruntime/infer.py and FastDeploy. By default the input size is fixed
+for deploy/python/infer.py, deploy/onnxruntime/infer.py and FastDeploy, and PaddleX's names for the same files
+(inference.json / inference.pdiparams as hard links, inference.yml = infer_cfg.yml + Global.model_name: the
+PaddleX model of the backbone, or `-o export.paddlex_model_name=RT-DETR-L`). By default the input size is fixed
 at export (anchors and position embeddings are baked for it: --image_shape, else eval_size); -1 for H and/or
 W exports a graph that computes them from the input, so one export runs at any size (the deploy scripts take
 --target_size); --trt_min_size / --trt_max_size bound its TensorRT engine (default: half / twice the config's

@@ -112,7 +112,8 @@ def run_benchmark(config, opt, image_shape, engines, batch_sizes, cpu_threads, w
                            'gemm': f'numpy float32 {gemm_size}^3',
                            'env': {k: v for k, v in worker_env(cpu_threads, ROOT).items()
                                    if k.endswith('_THREADS') or k.startswith('MKL_DEBUG')}}}
-    report['model'], model_dir, weights = prepare(config, opt, image_shape, work_dir, 'onnxruntime' in engines)
+    onnx = bool({'onnxruntime', 'openvino'} & set(engines))  # the engines that run model.onnx
+    report['model'], model_dir, weights = prepare(config, opt, image_shape, work_dir, onnx)
     image_shape = [3] + report['model']['input_hw']
     results = []
     for engine in engines:

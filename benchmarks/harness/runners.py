@@ -94,6 +94,7 @@ def _official_onednn_runner(model_dir, inputs, cpu_threads):
 
 def engine_runner(engine, model_dir, inputs, cpu_threads, model_file=None):
     """run() of a deploy detector: 'onnxruntime' (deploy/onnxruntime, `model_file` or model_dir/model.onnx),
+    'openvino' (deploy/openvino, the same file, float32),
     'paddle' or 'paddle_mkldnn' (deploy/python, Paddle Inference without / with oneDNN), or
     'paddle_mkldnn_official' (how the official export runs on oneDNN, `_official_onednn_runner`)."""
     if engine == 'paddle_mkldnn_official':
@@ -101,6 +102,9 @@ def engine_runner(engine, model_dir, inputs, cpu_threads, model_file=None):
     if engine == 'onnxruntime':
         detector = load_deploy('onnxruntime/infer.py', 'deploy_ort').OrtDetector(model_dir, model_file,
                                                                                  cpu_threads=cpu_threads)
+    elif engine == 'openvino':
+        detector = load_deploy('openvino/infer.py', 'deploy_ov').OpenVINODetector(model_dir, model_file,
+                                                                                  cpu_threads=cpu_threads)
     else:
         detector = load_deploy('python/infer.py', 'deploy_paddle').PaddleDetector(
             model_dir, cpu_threads=cpu_threads, enable_mkldnn=engine == 'paddle_mkldnn')

@@ -14,7 +14,7 @@ from .runners import STAGES, dygraph_runner, engine_runner, ort_op_share, paddle
 
 __all__ = ['ENGINES', 'OFFICIAL_ENGINES', 'measure', 'main']
 
-ENGINES = ('dygraph', 'paddle', 'paddle_mkldnn', 'onnxruntime')
+ENGINES = ('dygraph', 'paddle', 'paddle_mkldnn', 'onnxruntime', 'openvino')
 # how the official export runs on oneDNN (runners.engine_runner); for benchmarks/cpu_speed.py
 OFFICIAL_ENGINES = ('paddle_mkldnn_official',)
 

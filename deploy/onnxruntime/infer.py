@@ -45,7 +45,7 @@ class OrtDetector(Detector):
             providers.insert(0, 'CUDAExecutionProvider')
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_threads
-        options.log_severity_level = 3  # paddle2onnx leaves unused initializers, each one a warning
+        options.log_severity_level = 3  # files converted before onnx_clean (and INT8 ones) warn per unused constant
         self.session = ort.InferenceSession(model_file, options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
 

@@ -24,6 +24,7 @@ pickle that is not only data is refused before anything of it runs), checked aga
 """
 import json
 import os
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -93,11 +94,20 @@ def _write(obj, temp, path):
         paddle.save(obj, temp)
 
 
+# '.<file name>.<12 hex>.tmp': a fresh name rather than mkstemp, so the writer creates the file with the umask's
+# mode, not 0600; run_folder removes such files that a killed run left
+TEMP_NAME = re.compile(r'^\..+\.[0-9a-f]{12}\.tmp$')
+
+
+def temp_path(path):
+    """A new hidden temporary name beside ``path`` (matching ``TEMP_NAME``)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, '.{}.{}.tmp'.format(name, uuid.uuid4().hex[:12]))
+
+
 def _write_temp(obj, path):
     """Writes ``obj`` into a fsynced temporary file beside ``path``; returns the temporary path."""
-    folder, name = os.path.split(path)
-    # a fresh name rather than mkstemp: the writer creates the file, so it gets the umask's mode, not 0600
-    temp = os.path.join(folder, '.{}.{}.tmp'.format(name, uuid.uuid4().hex[:12]))
+    temp = temp_path(path)
     try:
         _write(obj, temp, path)
         with open(temp, 'rb+') as f:

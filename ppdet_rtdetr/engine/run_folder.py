@@ -26,17 +26,15 @@ import contextlib
 import errno
 import json
 import os
-import re
 import shlex
 import socket
 import sys
 import time
-import uuid
 
 from ppdet.engine.callbacks import Checkpointer
 from ppdet.utils.logger import setup_logger
 
-from . import stop_signals
+from . import checkpoint, stop_signals
 
 try:
     import fcntl
@@ -49,8 +47,6 @@ __all__ = ['LOCK_NAME', 'RunFolderBusy', 'RunLock', 'UnwritableRunFolder', 'chec
            'hold', 'remove_stale_temps', 'training_run']
 
 LOCK_NAME = '.train.lock'
-# checkpoint._write_temp's '.<file name>.<uuid hex[:12]>.tmp'; the writability probe is named alike
-STALE_TEMP = re.compile(r'^\..+\.[0-9a-f]{12}\.tmp$')
 _CHUNK = 1 << 20  # bytes per write where space cannot be reserved with posix_fallocate
 
 
@@ -203,7 +199,7 @@ def remove_stale_temps(folder):
     Call it only while holding the folder's lock: a running save's temporaries have the same form.
     """
     stale = sorted(name for name in os.listdir(folder)
-                   if STALE_TEMP.match(name) and os.path.isfile(os.path.join(folder, name)))
+                   if checkpoint.TEMP_NAME.match(name) and os.path.isfile(os.path.join(folder, name)))
     for name in stale:
         os.remove(os.path.join(folder, name))
     if stale:
@@ -231,7 +227,7 @@ def check_writable(folder, size):
     Raises:
         UnwritableRunFolder: naming the folder, the size and the error (read-only, no space, ...).
     """
-    probe = os.path.join(folder, '.writable-check.{}.tmp'.format(uuid.uuid4().hex[:12]))
+    probe = checkpoint.temp_path(os.path.join(folder, 'writable-check'))  # a stale one is removed at start
     action = 'writing a {:.1f} MB test file (one checkpoint)'.format(size / 1e6)
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -66,6 +66,9 @@ class RTDETRCriterion(object):
             ``loss_giou`` so logs and official configs keep their names.
         vfl_alpha (float): weight of the negatives in the varifocal loss.
         vfl_gamma (float): focusing exponent of the negatives in the varifocal loss.
+        vfl_weight_grad (bool): True (PaddleDetection's RT-DETR): the gradient flows through the negatives'
+            weight alpha * p**gamma as well; False treats it as a constant, as the authors' PyTorch RT-DETR does.
+            The loss values are the same either way; the class-logit gradients differ.
         class_loss (str): 'vfl' (the official loss, with `use_vfl`) or 'mal', DEIM's Matchability-Aware Loss
             (``modeling/mal_loss.py``), which replaces the varifocal loss and needs ``use_vfl: True``.
         mal_gamma (float): exponent of the IoU target and of the negatives' weight in the MAL (DEIM: 1.5).
@@ -96,11 +99,6 @@ class RTDETRCriterion(object):
     """
     __shared__ = ['num_classes', 'use_focal_loss']
     __inject__ = ['matcher']
-    # The varifocal weight alpha * p**gamma of the negatives is a constant here, as in the authors' RT-DETR
-    # (PyTorch); PaddleDetection's varifocal_loss_with_logits lets the gradient through it (a subclass that
-    # follows PaddleDetection's gradients sets True). The loss values are the same either way.
-    vfl_weight_grad = False
-
     def __init__(self,
                  num_classes=80,
                  matcher='RTDETRHungarianMatcher',
@@ -111,6 +109,7 @@ class RTDETRCriterion(object):
                  box_loss='giou',
                  vfl_alpha=0.75,
                  vfl_gamma=2.0,
+                 vfl_weight_grad=True,
                  class_loss='vfl',
                  mal_gamma=1.5,
                  mal_alpha=None):
@@ -139,6 +138,7 @@ class RTDETRCriterion(object):
         self.class_loss = class_loss
         self.mal_gamma = mal_gamma
         self.mal_alpha = mal_alpha
+        self.vfl_weight_grad = vfl_weight_grad
 
     def _class_loss(self, logits, flat_idx, tgt_cls, matched_iou, num_gts):
         """logits [b, q, k]; matched pairs as flat query indices into b*q, their gt classes and the

@@ -66,7 +66,7 @@ class RTDETRMaskCriterion(RTDETRCriterion):
     injected matcher (with its mask costs); denoising sets use the fixed match to the gt they were made from.
     A matched mask is read at ``num_sample_points`` points chosen by ``uncertain_points`` (PointRend); the gt
     mask is read at the same points. Gradients are PaddleDetection's, including the one through the varifocal
-    weight of the negatives (``vfl_weight_grad``), which RTDETRCriterion treats as a constant.
+    weight of the negatives (``vfl_weight_grad``, RTDETRCriterion's default).
 
     Args:
         num_classes (int): k, number of foreground classes (sigmoid scores).
@@ -117,9 +117,6 @@ class RTDETRMaskCriterion(RTDETRCriterion):
     """
     __shared__ = ['num_classes', 'use_focal_loss', 'num_sample_points']
     __inject__ = ['matcher']
-    # Mask-RT-DETR exists only in PaddleDetection: its gradients too (through the varifocal weight)
-    vfl_weight_grad = True
-
     def __init__(self,
                  num_classes=80,
                  matcher='RTDETRHungarianMatcher',

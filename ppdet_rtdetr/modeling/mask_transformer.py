@@ -33,7 +33,7 @@ from paddle import ParamAttr
 from paddle.regularizer import L2Decay
 from ppdet.core.workspace import register
 
-from .anchors import generate_anchors
+from .anchors import AnchorsOfEvalSize
 from .box_ops import inverse_sigmoid
 from .decoder import TransformerDecoderLayer
 from .denoising import get_denoising_training_group
@@ -113,7 +113,7 @@ class _MaskDecoder(nn.Layer):
 
 
 @register
-class RTDETRMaskTransformer(nn.Layer):
+class RTDETRMaskTransformer(AnchorsOfEvalSize, nn.Layer):
     """Mask-RT-DETR transformer (the official ``MaskRTDETR``'s names, options and numbers).
 
     Args:
@@ -180,10 +180,7 @@ class RTDETRMaskTransformer(nn.Layer):
         self.score_head = nn.Linear(hidden_dim, num_classes)
         self.bbox_head = MLP(hidden_dim, hidden_dim, 4, num_layers=3)
         self._reset_parameters()
-        if self.eval_size:
-            anchors, valid_mask = generate_anchors(self._eval_spatial_shapes(), eps=eps)
-            self.register_buffer('anchors', anchors, persistable=False)
-            self.register_buffer('valid_mask', valid_mask, persistable=False)
+        self._register_eval_anchors()
 
     def _reset_parameters(self):
         # the official initialisation: focal-loss prior 0.01 on the class bias, a zero last box layer
@@ -201,21 +198,6 @@ class RTDETRMaskTransformer(nn.Layer):
             nn.initializer.XavierUniform()(layer.weight)
         for proj in self.input_proj:
             nn.initializer.XavierUniform()(proj.conv.weight)
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        return {'backbone_feat_channels': [s.channels for s in input_shape],
-                'feat_strides': [s.stride for s in input_shape]}
-
-    def _eval_spatial_shapes(self):
-        h, w = self.eval_size
-        return [(math.ceil(h / s), math.ceil(w / s)) for s in self.feat_strides]
-
-    def _anchors(self, spatial_shapes, dtype):
-        if not self.training and self.eval_size and [tuple(s) for s in self._eval_spatial_shapes()] == \
-                [tuple(s) for s in spatial_shapes]:
-            return self.anchors.astype(dtype), self.valid_mask
-        return generate_anchors(spatial_shapes, eps=self.eps, dtype=dtype)
 
     def _predict(self, query, mask_feat):
         """query [b, q, c], mask_feat [b, m, h4, w4] -> (logits [b, q, k], mask logits [b, q, h4, w4])."""

@@ -8,7 +8,7 @@ from paddle import ParamAttr
 from paddle.regularizer import L2Decay
 from ppdet.core.workspace import register
 
-from .anchors import generate_anchors
+from .anchors import AnchorsOfEvalSize
 from .decoder import TransformerDecoder
 from .denoising import get_contrastive_denoising_training_group
 from .layers import MLP, broadcast_multiply
@@ -54,7 +54,7 @@ def _linear_init(layer, bias=None):
 
 
 @register
-class RTDETRDeformableTransformer(nn.Layer):
+class RTDETRDeformableTransformer(AnchorsOfEvalSize, nn.Layer):
     """RT-DETR / RT-DETRv2 transformer (everything after the hybrid encoder, before the loss).
 
     Args:
@@ -144,10 +144,7 @@ class RTDETRDeformableTransformer(nn.Layer):
         self.dec_bbox_head = nn.LayerList([MLP(hidden_dim, hidden_dim, 4, num_layers=3)
                                            for _ in range(num_decoder_layers)])
         self._reset_parameters()
-        if self.eval_size:
-            anchors, valid_mask = generate_anchors(self._eval_spatial_shapes(), eps=eps)
-            self.register_buffer('anchors', anchors, persistable=False)
-            self.register_buffer('valid_mask', valid_mask, persistable=False)
+        self._register_eval_anchors()
 
     def _build_input_proj(self, channels):
         self.input_proj = build_input_proj(channels, self.hidden_dim, self.num_levels)
@@ -170,23 +167,8 @@ class RTDETRDeformableTransformer(nn.Layer):
         for proj in self.input_proj:
             nn.initializer.XavierUniform()(proj.conv.weight)
 
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        return {'backbone_feat_channels': [s.channels for s in input_shape],
-                'feat_strides': [s.stride for s in input_shape]}
-
-    def _eval_spatial_shapes(self):
-        h, w = self.eval_size
-        return [(math.ceil(h / s), math.ceil(w / s)) for s in self.feat_strides]
-
     def _get_encoder_input(self, feats):
         return encoder_memory(self.input_proj, feats)
-
-    def _anchors(self, spatial_shapes, dtype):
-        if not self.training and self.eval_size and [tuple(s) for s in self._eval_spatial_shapes()] == \
-                [tuple(s) for s in spatial_shapes]:
-            return self.anchors.astype(dtype), self.valid_mask
-        return generate_anchors(spatial_shapes, eps=self.eps, dtype=dtype)
 
     def _select_topk(self, enc_logits, enc_coord_unact=None):
         """Indices [b, n] of the selected memory tokens (`enc_coord_unact` [b, l, 4], the tokens' boxes in logit

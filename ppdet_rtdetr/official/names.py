@@ -111,13 +111,6 @@ MODULES = {
                       shared=['num_classes', 'use_focal_loss'],
                       fixed={'vfl_iou_type': ('bbox',), 'use_uni_match': (False,), 'uni_match_ind': ANY},
                       inject={'matcher': 'matcher'}),
-    'MaskDINOLoss': _spec('RTDETRMaskCriterion', ['num_classes', 'matcher', 'loss_coeff', 'aux_loss', 'use_focal_loss',
-                                                  'use_vfl', 'vfl_iou_type', 'num_sample_points', 'oversample_ratio',
-                                                  'important_sample_ratio'],
-                          defaults={'matcher': 'HungarianMatcher', 'use_vfl': False, 'use_focal_loss': False,
-                                    'vfl_iou_type': 'bbox',
-                                    'loss_coeff': {'class': 4, 'bbox': 5, 'giou': 2, 'mask': 5, 'dice': 5}},
-                          shared=['num_classes', 'use_focal_loss', 'num_sample_points'], inject={'matcher': 'matcher'}),
     'HungarianMatcher': _spec('RTDETRHungarianMatcher', ['matcher_coeff', 'use_focal_loss', 'alpha', 'gamma',
                                                          'with_mask', 'num_sample_points'],
                               # the mask terms only count with with_mask (Mask-RT-DETR)

@@ -4,7 +4,8 @@ For each export case (grid_sample at the training size / discrete sampler at ano
 outputs / dynamic-size exports of v1 and of v2 + discrete + raw; the distinct-query option in one fixed and
 one dynamic case), inputs with per-image scale factors
 (fixed: batch 1 and 3; dynamic: batch 2 at three sizes, one predictor or session for all): Paddle Inference
-without and with plain `enable_mkldnn()`, and onnxruntime on the paddle2onnx conversion made with no edits.
+without and with plain `enable_mkldnn()`, and onnxruntime and OpenVINO (float32) on the paddle2onnx conversion
+made with no edits.
 A dynamic export's reference at each size is a dygraph model built for that size (baked anchors and
 position embeddings), so the graph's own anchors and embeddings are checked against the fixed-size ones.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers.export_utils import (CASES, DYNAMIC_CASES, ONNX_CASES, RAW_CASES, ExportCase,  # noqa: F401
-                                  assert_same_detections, ort_infer, paddle_infer)
+                                  assert_same_detections, ort_infer, ov_infer, paddle_infer)
 
 BATCHES = [1, 3]
 DYNAMIC_BATCH = 2
@@ -69,6 +70,15 @@ def test_onnxruntime_matches_dygraph(onnx_case, ort_infer):
     detector = ort_infer.OrtDetector(case.model_dir)
     for batch, size in _runs(case):
         _check(detector, case, batch, size, 'onnxruntime')
+
+
+def test_openvino_matches_dygraph(onnx_case, ov_infer):
+    case = onnx_case
+    if not os.path.isfile(os.path.join(case.model_dir, 'model.onnx')):
+        pytest.skip('paddle2onnx is not installed (pip install paddle2onnx==2.1.0): no model.onnx')
+    detector = ov_infer.OpenVINODetector(case.model_dir)  # one compiled model: the batch (and H x W) vary
+    for batch, size in _runs(case):
+        _check(detector, case, batch, size, 'openvino')
 
 
 def test_onnx_file_is_opset16_and_sampler_ops(onnx_case):

@@ -148,7 +148,7 @@ def assert_same_detections(got, want, rtol=1e-3, score_tol=1e-4, what=''):
     return worst
 
 
-# fixtures shared by test_deploy.py and test_engines.py (imported there by name)
+# fixtures shared by the tests of tests/deploy and tests/export (imported there by name)
 @pytest.fixture(scope='module')
 def paddle_infer():
     return load_deploy_module('python/infer.py', 'deploy_paddle_infer')
@@ -158,3 +158,9 @@ def paddle_infer():
 def ort_infer():
     pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
     return load_deploy_module('onnxruntime/infer.py', 'deploy_ort_infer')
+
+
+@pytest.fixture(scope='module')
+def ov_infer():
+    pytest.importorskip('openvino', reason='openvino is not installed (pip install -e .[openvino])')
+    return load_deploy_module('openvino/infer.py', 'deploy_ov_infer')

@@ -131,6 +131,27 @@ def test_class_loss_matches_numpy(use_vfl):
     assert all(v.shape == [] for v in out.values()), {k: v.shape for k, v in out.items()}
 
 
+@pytest.mark.parametrize('vfl_weight_grad', [True, False])
+def test_varifocal_gradient_through_the_negatives_weight(vfl_weight_grad):
+    """d loss_class / d logits against the derivative written out in numpy: PaddleDetection's (the default)
+    differentiates the negatives' weight alpha * p**gamma too, the authors' PyTorch code holds it constant."""
+    rng = np.random.default_rng(3)
+    boxes, logits, gt_bbox, gt_class = _case(rng, 1, 2, 6, 4, [3, 2])
+    pairs = [([0, 2, 5], [1, 0, 2]), ([1, 4], [1, 0])]
+    # True is the default
+    crit = RTDETRCriterion(num_classes=4, matcher=FixedMatcher(pairs), **({} if vfl_weight_grad else
+                                                                            {'vfl_weight_grad': False}))
+    pb, pl, gb, gc = _tensors(boxes, logits, gt_bbox, gt_class)
+    got, = paddle.grad([crit(pb, pl, gb, gc)['loss_class']], [pl])
+    label, score = _np_targets(boxes[0], pairs, gt_bbox, gt_class, 4)
+    x = logits[0]
+    p = _np_sigmoid(x)
+    # d/dx of w * BCE(x, score) with w = 0.75 p^2 (1 - label) + score, and BCE'(x) = p - score
+    d_weight = 0.75 * 2 * p * p * (1 - p) * (1 - label) if vfl_weight_grad else 0.
+    want = (d_weight * _np_bce_logits(x, score) + (0.75 * p**2 * (1 - label) + score) * (p - score)) / 5.0
+    np.testing.assert_allclose(got.numpy()[0], want, rtol=1e-7, atol=1e-12)
+
+
 def test_varifocal_target_is_the_matched_iou():
     # a query exactly on its gt has target 1, so its positive term is plain BCE(x, 1); the
     # unmatched queries only carry alpha * p^gamma * BCE(x, 0)
