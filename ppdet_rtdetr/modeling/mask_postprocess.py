@@ -6,7 +6,7 @@ from ppdet.core.workspace import register
 
 from .postprocess import RTDETRPostProcess
 
-__all__ = ['RTDETRMaskPostProcess']
+__all__ = ['RTDETRMaskPostProcess', 'resize_each_image', 'grid_resize']
 
 BBOX_DECODE_TYPES = ('origin', 'pad')
 
@@ -33,8 +33,10 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
     original height and width in the batch: image i's masks fill [:h_i, :w_i] and are 0 beyond (ppdet's Mask R-CNN
     convention for batches); with one image they are exactly its size, as the official output.
 
-    Sizes stay tensors, so the same code runs in an exported graph; the loop over the images needs the batch size
-    known when the graph is built (a fixed-batch export).
+    Sizes stay tensors, so the same code runs in an exported graph. The resize to each image's size is
+    `resize_each_image` (a loop of F.interpolate, the official arithmetic) in dygraph; in a traced graph
+    (tools/export_model.py, dynamic batch) it is `grid_resize`, one grid_sample over the batch that reads the same
+    bilinear points (equal up to float rounding).
 
     The official code passes ``image[2:].shape`` as pad_shape (a slice of the batch, not of the shape); here the
     architecture passes the input's (h, w), which is what 'pad' needs. With 'origin' (every official config)
@@ -66,30 +68,89 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
             box_scale = box_scale * paddle.concat([pad_hw[1:], pad_hw[:1]] * 2) / paddle.concat(
                 [im_shape[:, 1:2], im_shape[:, 0:1]] * 2, axis=-1).unsqueeze(1)
         labels, scores, boxes, query = self._select(boxes, logits, box_scale)
-        # [b, n, h4, w4] -> [b, K, h4, w4], the masks of the selected queries
-        masks = paddle.take_along_axis(masks, query.unsqueeze(-1).unsqueeze(-1), axis=1)
+        # [b, n, h4, w4] -> [b, K, h4, w4], the masks of the selected queries. The index is expanded here: the
+        # implicit broadcast of take_along_axis, traced for any input size, expanded the masks to [b, n, 1, 1]
+        hw = paddle.shape(masks)[2:]
+        index = query.unsqueeze(-1).unsqueeze(-1).expand([-1, -1, hw[0], hw[1]])
+        masks = paddle.take_along_axis(masks, index, axis=1, broadcast=False)
+        # [b, 2] (h, w) of the region of each image's masks that maps onto the original image
+        crop_hw = paddle.ones_like(im_shape) * paddle.shape(masks)[2:].astype(im_shape.dtype)
+        if self.bbox_decode_type == 'pad':
+            masks = F.interpolate(masks, scale_factor=self.mask_stride, mode='bilinear', align_corners=False)
+            crop_hw = im_shape
 
         # sizes stay tensors (no .numpy()): the same ops run in dygraph and in an exported graph
         sizes = origin_hw.astype('int32')  # [b, 2] (h, w)
         max_hw = sizes.max(0)
-        crops = im_shape.astype('int32')
-        zero = paddle.zeros([], 'int32')
-        out_masks, out_scores = [], []
-        for i in range(masks.shape[0]):  # the batch must be known (a fixed-batch export)
-            m = masks[i:i + 1]  # [1, K, h4, w4]
-            if self.bbox_decode_type == 'pad':
-                m = F.interpolate(m, scale_factor=self.mask_stride, mode='bilinear', align_corners=False)
-                m = m[:, :, :crops[i, 0], :crops[i, 1]]
-            m = F.interpolate(m, size=[sizes[i, 0], sizes[i, 1]], mode='bilinear', align_corners=False)
-            prob = F.sigmoid(m)
-            binary = (prob > self.mask_threshold).astype(prob.dtype)
-            score = scores[i]
-            if self.use_avg_mask_score:
-                score = score * (binary * prob).sum([-2, -1])[0] / (binary.sum([-2, -1])[0] + 1e-6)
-            out_scores.append(score)
-            # [1, K, h, w] -> [K, max_h, max_w], zeros below and right of the image
-            pad = paddle.stack([zero, max_hw[1] - sizes[i, 1], zero, max_hw[0] - sizes[i, 0]])
-            out_masks.append(F.pad(binary.astype('int32'), pad, mode='constant', value=0, data_format='NCHW')[0])
-        scores = paddle.stack(out_scores)
+        # a Python-level choice: to_static would turn a test on the (unknown) batch size into a cond op holding
+        # both branches, and the loop into a while op, which oneDNN and paddle2onnx do not run
+        if paddle.in_dynamic_mode():  # one F.interpolate per image: the official arithmetic
+            masks = resize_each_image(masks, crop_hw.astype('int32'), sizes, max_hw)
+        else:  # a traced graph (the export, dynamic batch): one grid_sample reading the same bilinear points
+            masks = grid_resize(masks, crop_hw, origin_hw, max_hw)
+        # [b, K, H, W]: image i's pixels are [:h_i, :w_i]; the rest is 0 in the output and left out of the scores
+        rows = paddle.arange(max_hw[0], dtype='int32').unsqueeze(0) < sizes[:, 0:1]  # [b, H]
+        cols = paddle.arange(max_hw[1], dtype='int32').unsqueeze(0) < sizes[:, 1:2]  # [b, W]
+        valid = paddle.logical_and(rows.unsqueeze(-1), cols.unsqueeze(1))  # [b, H, W]
+        prob = F.sigmoid(masks)
+        binary = paddle.logical_and(prob > self.mask_threshold, valid.unsqueeze(1)).astype(prob.dtype)
+        if self.use_avg_mask_score:
+            scores = scores * (binary * prob).sum([-2, -1]) / (binary.sum([-2, -1]) + 1e-6)
         bbox_num = paddle.full([boxes.shape[0]], self.num_top_queries, 'int32')
-        return self._rows(labels, scores, boxes), bbox_num, paddle.concat(out_masks)
+        # [b, K, H, W] -> [b*K, H, W]
+        return self._rows(labels, scores, boxes), bbox_num, binary.astype('int32').flatten(0, 1)
+
+
+def resize_each_image(masks, crop_hw, out_hw, max_hw):
+    """Per image, the top-left ``crop_hw[i]`` region of its masks resized to ``out_hw[i]`` by F.interpolate
+    (bilinear, align_corners=False: the official arithmetic), zero-padded to ``max_hw``.
+
+    Args:
+        masks (Tensor): [b, K, h, w] logits; b must be known (a Python loop over the images).
+        crop_hw, out_hw (Tensor): int32 [b, 2] (h, w). max_hw (Tensor): int32 [2], out_hw.max(0).
+    Returns:
+        Tensor: [b, K, max_h, max_w] of masks' dtype.
+    """
+    zero = paddle.zeros([], 'int32')
+    out = []
+    for i in range(masks.shape[0]):
+        m = masks[i:i + 1, :, :crop_hw[i, 0], :crop_hw[i, 1]]  # [1, K, crop_h, crop_w]
+        m = F.interpolate(m, size=[out_hw[i, 0], out_hw[i, 1]], mode='bilinear', align_corners=False)
+        pad = paddle.stack([zero, max_hw[1] - out_hw[i, 1], zero, max_hw[0] - out_hw[i, 0]])
+        out.append(F.pad(m, pad, mode='constant', value=0, data_format='NCHW'))
+    return paddle.concat(out)
+
+
+def _sample_coords(num_out, src, dst, num_in):
+    """grid_sample's normalised coordinates (align_corners=False) of F.interpolate's bilinear source points.
+
+    Output pixel x of an image resized from `src` to `dst` pixels reads source coordinate
+    (x + 0.5) * src / dst - 0.5, clipped to [0, src - 1] (F.interpolate's edge rule), in a tensor `num_in` long.
+    Args: num_out (Tensor): int32 scalar, pixels per row of the output; src, dst (Tensor): [b] float sizes;
+    num_in (Tensor): float scalar. Returns: [b, num_out] in [-1, 1].
+    """
+    pos = paddle.arange(num_out, dtype=src.dtype).unsqueeze(0)  # [1, n]
+    coord = (pos + 0.5) * (src / dst).unsqueeze(-1) - 0.5  # [b, n]
+    coord = paddle.minimum(paddle.clip(coord, min=0), (src - 1).unsqueeze(-1))
+    return (2 * coord + 1) / num_in - 1
+
+
+def grid_resize(masks, crop_hw, out_hw, max_hw):
+    """`resize_each_image` as one grid_sample over the batch, for a graph whose batch size is unknown.
+
+    The points read are F.interpolate's; the values agree to float rounding (~1e-5 on logits of magnitude 10,
+    so a binary mask can differ where a logit is that close to the threshold).
+    Args:
+        masks (Tensor): [b, K, h, w] logits. crop_hw, out_hw (Tensor): [b, 2] (h, w) in masks' dtype.
+        max_hw (Tensor): int32 [2].
+    Returns:
+        Tensor: [b, K, max_h, max_w]; beyond out_hw[i], image i holds its edge values (the caller masks them).
+    """
+    in_hw = paddle.shape(masks)[2:].astype(masks.dtype)
+    crop_hw, out_hw = crop_hw.astype(masks.dtype), out_hw.astype(masks.dtype)
+    grid_y = _sample_coords(max_hw[0], crop_hw[:, 0], out_hw[:, 0], in_hw[0])  # [b, H]
+    grid_x = _sample_coords(max_hw[1], crop_hw[:, 1], out_hw[:, 1], in_hw[1])  # [b, W]
+    # [b, H] and [b, W] -> [b, H, W, 2] (x, y)
+    zeros = paddle.zeros_like(grid_y).unsqueeze(-1) + paddle.zeros_like(grid_x).unsqueeze(1)
+    grid = paddle.stack([grid_x.unsqueeze(1) + zeros, grid_y.unsqueeze(-1) + zeros], axis=-1)
+    return F.grid_sample(masks, grid, mode='bilinear', padding_mode='border', align_corners=False)

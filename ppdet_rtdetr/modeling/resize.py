@@ -1,0 +1,68 @@
+"""Bilinear resize (align_corners=False) as a layer with a deploy form that avoids Paddle's interp ops.
+
+Paddle 3.3 Inference with oneDNN cannot run `bilinear_interp` / `nearest_interp` from a PIR program
+("ConvertPirAttribute2RuntimeAttribute not support pir::ArrayAttribute<pir::DoubleAttribute>", the op's `scale`
+attribute). The deploy form (`convert_to_deploy`, which tools/export_model.py applies) computes the same
+bilinear weights as two matrix products, [H, h] x [b*c, h, w] x [w, W], which every engine runs; the weights are
+F.interpolate's, so the values agree to float rounding (~1e-6). Eval and training keep F.interpolate, the
+official arithmetic.
+"""
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+__all__ = ['BilinearResize', 'bilinear_matrix']
+
+
+def bilinear_matrix(num_out, num_in, dtype='float32'):
+    """[num_out, num_in] weights of F.interpolate's bilinear resize (align_corners=False) along one axis.
+
+    Output pixel i reads source coordinate max(0, (i + 0.5) * num_in / num_out - 0.5) between pixels floor(.)
+    and min(floor(.) + 1, num_in - 1): row i has those two weights (one weight of 1 where they coincide).
+    Args: num_out, num_in (int | int Tensor scalar): sizes; Tensors in a graph traced for any input size.
+    """
+    n_in = paddle.cast(num_in, dtype) if isinstance(num_in, paddle.Tensor) else float(num_in)
+    n_out = paddle.cast(num_out, dtype) if isinstance(num_out, paddle.Tensor) else float(num_out)
+    src = paddle.clip((paddle.arange(num_out, dtype=dtype) + 0.5) * (n_in / n_out) - 0.5, min=0)  # [n_out]
+    lo = paddle.floor(src)
+    frac = (src - lo).unsqueeze(-1)  # [n_out, 1]
+    hi = paddle.minimum(lo + 1, n_in - 1)
+    index = paddle.arange(num_in, dtype=dtype).unsqueeze(0)  # [1, n_in]
+    return ((index == lo.unsqueeze(-1)).astype(dtype) * (1 - frac) +
+            (index == hi.unsqueeze(-1)).astype(dtype) * frac)
+
+
+class BilinearResize(nn.Layer):
+    """Parameter-free bilinear resize (align_corners=False), by a factor or to a size.
+
+    Args:
+        scale_factor (int|None): the factor when forward gets no size (nn.Upsample's role).
+
+    forward(x [b, c, h, w], like=None) -> [b, c, H, W], (H, W) the size of `like` [.., H, W] (default: x's size
+    times scale_factor): F.interpolate, or after `convert_to_deploy()` the same weights as two matrix products
+    (see the module docstring).
+    """
+
+    def __init__(self, scale_factor=None):
+        super().__init__()
+        self.scale_factor = scale_factor
+        self.deploy = False
+
+    def convert_to_deploy(self):
+        self.deploy = True
+
+    def forward(self, x, like=None):
+        if not self.deploy:
+            if like is None:
+                return F.interpolate(x, scale_factor=self.scale_factor, mode='bilinear', align_corners=False)
+            return F.interpolate(x, size=like.shape[2:], mode='bilinear', align_corners=False)
+        # paddle.shape: the sizes stay tensors in a graph traced for any input size
+        hw = paddle.shape(x)[2:]
+        size = [hw[0] * self.scale_factor, hw[1] * self.scale_factor] if like is None else paddle.shape(like)[2:]
+        rows = bilinear_matrix(size[0], hw[0], x.dtype)  # [H, h]
+        cols = bilinear_matrix(size[1], hw[1], x.dtype)  # [W, w]
+        # [b, c, h, w] -> [b*c, h, w] first: oneDNN's matmul read a convolution's output in its NHWC memory as if
+        # it were NCHW (wrong numbers) when given the 4-D tensor; the reshape makes a plain copy
+        out = paddle.matmul(x.reshape([-1, hw[0], hw[1]]), cols, transpose_y=True)  # [b*c, h, W]
+        out = paddle.matmul(rows, out)  # [b*c, H, W]
+        return out.reshape([-1, x.shape[1], size[0], size[1]])  # [b, c, H, W]
