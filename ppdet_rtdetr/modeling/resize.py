@@ -26,7 +26,7 @@ def bilinear_matrix(num_out, num_in, dtype='float32'):
     src = paddle.clip((paddle.arange(num_out, dtype=dtype) + 0.5) * (n_in / n_out) - 0.5, min=0)  # [n_out]
     lo = paddle.floor(src)
     frac = (src - lo).unsqueeze(-1)  # [n_out, 1]
-    hi = paddle.minimum(lo + 1, n_in - 1)
+    hi = paddle.minimum(lo + 1, paddle.full_like(lo, 1) * (n_in - 1))
     index = paddle.arange(num_in, dtype=dtype).unsqueeze(0)  # [1, n_in]
     return ((index == lo.unsqueeze(-1)).astype(dtype) * (1 - frac) +
             (index == hi.unsqueeze(-1)).astype(dtype) * frac)
