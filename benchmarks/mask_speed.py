@@ -10,7 +10,8 @@ whatever the scores), at 640x640, batch 1, `--threads` threads, an image whose o
 2. `dygraph_stages`: one eval forward in dygraph timed by stage (backbone; encoder with its mask branch:
    mask-feature FPN, stride-4 lateral and prototype convs, their bilinear resizes; transformer with the mask
    query head and its product with the prototypes in every `_predict` call; post-process with the paste, i.e.
-   the per-image resize of the K masks to the original size, sigmoid and threshold), as shares of the total;
+   the per-image resize of the K masks to the original size, sigmoid and threshold), as shares of the total,
+   and the export's form of the paste (`grid_resize`, one grid_sample) timed alone on masks of the same shape;
 3. `train_step`: one dygraph training step (forward, loss, backward) at batch 2 with 5 instances per image:
    its time and the process's peak resident memory (ru_maxrss) before and after.
 Each part runs in its own process (`--part`); the load average of the machine is recorded around each, since
@@ -57,6 +58,17 @@ def _inputs(batch=1):
             'scale_factor': paddle.to_tensor([[SIZE / h, SIZE / w]] * batch, 'float32')}
 
 
+def _deploy_module(engine):
+    """deploy/<engine>/infer.py as a module (deploy/python, which holds the shared modules, on sys.path)."""
+    import importlib.util
+    if os.path.join(ROOT, 'deploy', 'python') not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, 'deploy', 'python'))
+    spec = importlib.util.spec_from_file_location(f'{engine}_infer', os.path.join(ROOT, 'deploy', engine, 'infer.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def part_export(args):
     """Export (once, kept in work_dir) and time Paddle Inference + oneDNN and onnxruntime."""
     import paddle
@@ -68,17 +80,11 @@ def part_export(args):
         subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'export_model.py'), '-c', args.config, '-o',
                         f'weights={weights}', 'pretrain_weights=', '--output_dir', args.work_dir, '--onnx'],
                        check=True, env=dict(os.environ, PYTHONPATH=ROOT))
-    sys.path.insert(0, os.path.join(ROOT, 'deploy', 'python'))
-    sys.path.insert(0, os.path.join(ROOT, 'deploy', 'onnxruntime'))
-    from infer import PaddleDetector  # deploy/python/infer.py
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('ort_infer', os.path.join(ROOT, 'deploy', 'onnxruntime', 'infer.py'))
-    ort_infer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ort_infer)
+    paddle_infer, ort_infer = _deploy_module('python'), _deploy_module('onnxruntime')
     feeds = {k: v.numpy() for k, v in _inputs().items()}
     out = {}
-    for name, detector in (('paddle_onednn', lambda: PaddleDetector(model_dir, cpu_threads=args.threads,
-                                                                    enable_mkldnn=True)),
+    for name, detector in (('paddle_onednn', lambda: paddle_infer.PaddleDetector(model_dir, cpu_threads=args.threads,
+                                                                                 enable_mkldnn=True)),
                            ('onnxruntime', lambda: ort_infer.OrtDetector(model_dir, cpu_threads=args.threads))):
         det = detector()
         load = _load()
@@ -134,6 +140,15 @@ def part_stages(args):
         start = time.perf_counter()
         model(inputs)
         total = 1000 * (time.perf_counter() - start)
+    # the export's paste (one grid_sample over the batch) on the same masks, here in dygraph
+    k, h4, w4 = pp.num_top_queries, SIZE // 4, SIZE // 4
+    masks = paddle.rand([1, k, h4, w4])
+    out_hw = paddle.to_tensor([ORIGINAL], 'float32')
+    args_grid = (masks, paddle.to_tensor([[h4, w4]], 'float32'), out_hw, out_hw.astype('int32').max(0))
+    mask_postprocess.grid_resize(*args_grid)
+    start = time.perf_counter()
+    mask_postprocess.grid_resize(*args_grid)
+    timer.ms['paste_grid_resize (export form, alone)'] = 1000 * (time.perf_counter() - start)
     ms = {k: round(v, 1) for k, v in timer.ms.items()}
     mask_branch = ms['mask_feat_fpn'] + ms['mask_lateral'] + ms['mask_prototypes'] + ms['mask_resize_stride4']
     return {'total_ms': round(total, 1), 'stage_ms': ms,
