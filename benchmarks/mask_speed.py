@@ -11,7 +11,7 @@ whatever the scores), at 640x640, batch 1, `--threads` threads, an image whose o
    mask-feature FPN, stride-4 lateral and prototype convs, their bilinear resizes; transformer with the mask
    query head and its product with the prototypes in every `_predict` call; post-process with the paste, i.e.
    the per-image resize of the K masks to the original size, sigmoid and threshold), as shares of the total,
-   and the export's form of the paste (`grid_resize`, one grid_sample) timed alone on masks of the same shape;
+   and the export's form of the paste (`batch_resize`, matrix products) timed alone on masks of the same shape;
 3. `train_step`: one dygraph training step (forward, loss, backward) at batch 2 with 5 instances per image:
    its time and the process's peak resident memory (ru_maxrss) before and after.
 Each part runs in its own process (`--part`); the load average of the machine is recorded around each, since
@@ -140,15 +140,15 @@ def part_stages(args):
         start = time.perf_counter()
         model(inputs)
         total = 1000 * (time.perf_counter() - start)
-    # the export's paste (one grid_sample over the batch) on the same masks, here in dygraph
+    # the export's paste (matrix products over the batch) on the same masks, here in dygraph
     k, h4, w4 = pp.num_top_queries, SIZE // 4, SIZE // 4
     masks = paddle.rand([1, k, h4, w4])
     out_hw = paddle.to_tensor([ORIGINAL], 'float32')
-    args_grid = (masks, paddle.to_tensor([[h4, w4]], 'float32'), out_hw, out_hw.astype('int32').max(0))
-    mask_postprocess.grid_resize(*args_grid)
+    paste_args = (masks, paddle.to_tensor([[h4, w4]], 'float32'), out_hw, out_hw.astype('int32').max(0))
+    mask_postprocess.batch_resize(*paste_args)
     start = time.perf_counter()
-    mask_postprocess.grid_resize(*args_grid)
-    timer.ms['paste_grid_resize (export form, alone)'] = 1000 * (time.perf_counter() - start)
+    mask_postprocess.batch_resize(*paste_args)
+    timer.ms['paste_batch_resize (export form, alone)'] = 1000 * (time.perf_counter() - start)
     ms = {k: round(v, 1) for k, v in timer.ms.items()}
     mask_branch = ms['mask_feat_fpn'] + ms['mask_lateral'] + ms['mask_prototypes'] + ms['mask_resize_stride4']
     return {'total_ms': round(total, 1), 'stage_ms': ms,

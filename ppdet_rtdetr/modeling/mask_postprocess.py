@@ -5,8 +5,9 @@ import paddle.nn.functional as F
 from ppdet.core.workspace import register
 
 from .postprocess import RTDETRPostProcess
+from .resize import bilinear_matrix
 
-__all__ = ['RTDETRMaskPostProcess', 'resize_each_image', 'grid_resize']
+__all__ = ['RTDETRMaskPostProcess', 'resize_each_image', 'batch_resize']
 
 BBOX_DECODE_TYPES = ('origin', 'pad')
 
@@ -35,8 +36,8 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
 
     Sizes stay tensors, so the same code runs in an exported graph. The resize to each image's size is
     `resize_each_image` (a loop of F.interpolate, the official arithmetic) in dygraph; in a traced graph
-    (tools/export_model.py, dynamic batch) it is `grid_resize`, one grid_sample over the batch that reads the same
-    bilinear points (equal up to float rounding).
+    (tools/export_model.py, dynamic batch) it is `batch_resize`, matrix products over the batch with the same
+    bilinear weights (equal up to float rounding).
 
     The official code passes ``image[2:].shape`` as pad_shape (a slice of the batch, not of the shape); here the
     architecture passes the input's (h, w), which is what 'pad' needs. With 'origin' (every official config)
@@ -86,8 +87,8 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
         # both branches, and the loop into a while op, which oneDNN and paddle2onnx do not run
         if paddle.in_dynamic_mode():  # one F.interpolate per image: the official arithmetic
             masks = resize_each_image(masks, crop_hw.astype('int32'), sizes, max_hw)
-        else:  # a traced graph (the export, dynamic batch): one grid_sample reading the same bilinear points
-            masks = grid_resize(masks, crop_hw, origin_hw, max_hw)
+        else:  # a traced graph (the export, dynamic batch): the same bilinear weights as matrix products
+            masks = batch_resize(masks, crop_hw, origin_hw, max_hw)
         # [b, K, H, W]: image i's pixels are [:h_i, :w_i]; the rest is 0 in the output and left out of the scores
         rows = paddle.arange(max_hw[0], dtype='int32').unsqueeze(0) < sizes[:, 0:1]  # [b, H]
         cols = paddle.arange(max_hw[1], dtype='int32').unsqueeze(0) < sizes[:, 1:2]  # [b, W]
@@ -121,36 +122,20 @@ def resize_each_image(masks, crop_hw, out_hw, max_hw):
     return paddle.concat(out)
 
 
-def _sample_coords(num_out, src, dst, num_in):
-    """grid_sample's normalised coordinates (align_corners=False) of F.interpolate's bilinear source points.
+def batch_resize(masks, crop_hw, out_hw, max_hw):
+    """`resize_each_image` as matrix products over the batch, for a graph whose batch size is unknown.
 
-    Output pixel x of an image resized from `src` to `dst` pixels reads source coordinate
-    (x + 0.5) * src / dst - 0.5, clipped to [0, src - 1] (F.interpolate's edge rule), in a tensor `num_in` long.
-    Args: num_out (Tensor): int32 scalar, pixels per row of the output; src, dst (Tensor): [b] float sizes;
-    num_in (Tensor): float scalar. Returns: [b, num_out] in [-1, 1].
-    """
-    pos = paddle.arange(num_out, dtype=src.dtype).unsqueeze(0)  # [1, n]
-    coord = (pos + 0.5) * (src / dst).unsqueeze(-1) - 0.5  # [b, n]
-    coord = paddle.minimum(paddle.clip(coord, min=0), (src - 1).unsqueeze(-1))
-    return (2 * coord + 1) / num_in - 1
-
-
-def grid_resize(masks, crop_hw, out_hw, max_hw):
-    """`resize_each_image` as one grid_sample over the batch, for a graph whose batch size is unknown.
-
-    The points read are F.interpolate's; the values agree to float rounding (~1e-5 on logits of magnitude 10,
-    so a binary mask can differ where a logit is that close to the threshold).
+    Per image, [max_h, h] and [max_w, w] matrices hold F.interpolate's bilinear weights from its crop to its
+    size (`resize.bilinear_matrix`); the values agree to float rounding (~1e-5 on logits of magnitude 10, so a
+    binary mask can differ where a logit is that close to the threshold). As fast as F.interpolate on CPU (a
+    grid_sample of the same points took 2.6x its time: benchmarks/mask_speed.py).
     Args:
-        masks (Tensor): [b, K, h, w] logits. crop_hw, out_hw (Tensor): [b, 2] (h, w) in masks' dtype.
-        max_hw (Tensor): int32 [2].
+        masks (Tensor): [b, K, h, w] logits. crop_hw, out_hw (Tensor): [b, 2] (h, w). max_hw (Tensor): int32 [2].
     Returns:
-        Tensor: [b, K, max_h, max_w]; beyond out_hw[i], image i holds its edge values (the caller masks them).
+        Tensor: [b, K, max_h, max_w]; beyond out_hw[i], image i holds no meaningful values (the caller masks them).
     """
-    in_hw = paddle.shape(masks)[2:].astype(masks.dtype)
-    crop_hw, out_hw = crop_hw.astype(masks.dtype), out_hw.astype(masks.dtype)
-    grid_y = _sample_coords(max_hw[0], crop_hw[:, 0], out_hw[:, 0], in_hw[0])  # [b, H]
-    grid_x = _sample_coords(max_hw[1], crop_hw[:, 1], out_hw[:, 1], in_hw[1])  # [b, W]
-    # [b, H] and [b, W] -> [b, H, W, 2] (x, y)
-    zeros = paddle.zeros_like(grid_y).unsqueeze(-1) + paddle.zeros_like(grid_x).unsqueeze(1)
-    grid = paddle.stack([grid_x.unsqueeze(1) + zeros, grid_y.unsqueeze(-1) + zeros], axis=-1)
-    return F.grid_sample(masks, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    hw = paddle.shape(masks)[2:]
+    rows = bilinear_matrix(max_hw[0], hw[0], masks.dtype, crop_hw[:, 0], out_hw[:, 0])  # [b, H, h]
+    cols = bilinear_matrix(max_hw[1], hw[1], masks.dtype, crop_hw[:, 1], out_hw[:, 1])  # [b, W, w]
+    # [b, K, h, w] x [b, 1, w, W] -> [b, K, h, W]; [b, 1, H, h] x [b, K, h, W] -> [b, K, H, W]
+    return paddle.matmul(rows.unsqueeze(1), paddle.matmul(masks, cols.unsqueeze(1), transpose_y=True))

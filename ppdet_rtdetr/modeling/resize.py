@@ -14,20 +14,27 @@ import paddle.nn.functional as F
 __all__ = ['BilinearResize', 'bilinear_matrix']
 
 
-def bilinear_matrix(num_out, num_in, dtype='float32'):
-    """[num_out, num_in] weights of F.interpolate's bilinear resize (align_corners=False) along one axis.
+def bilinear_matrix(num_out, num_in, dtype='float32', src=None, dst=None):
+    """Weights of F.interpolate's bilinear resize (align_corners=False) along one axis, as a matrix.
 
-    Output pixel i reads source coordinate max(0, (i + 0.5) * num_in / num_out - 0.5) between pixels floor(.)
-    and min(floor(.) + 1, num_in - 1): row i has those two weights (one weight of 1 where they coincide).
-    Args: num_out, num_in (int | int Tensor scalar): sizes; Tensors in a graph traced for any input size.
+    Output pixel i reads source coordinate max(0, (i + 0.5) * src / dst - 0.5) between pixels floor(.) and
+    min(floor(.) + 1, src - 1): row i has those two weights (one weight of 1 where they coincide).
+    Args:
+        num_out, num_in (int | int Tensor scalar): rows and columns; Tensors in a graph traced for any size.
+        src, dst (Tensor|None): [b] float sizes: per image, its first src source pixels resized to dst (rows
+            past dst are not meaningful); default: num_in resized to num_out.
+    Returns:
+        Tensor: [num_out, num_in], or [b, num_out, num_in] with src / dst.
     """
-    n_in = paddle.cast(num_in, dtype) if isinstance(num_in, paddle.Tensor) else float(num_in)
-    n_out = paddle.cast(num_out, dtype) if isinstance(num_out, paddle.Tensor) else float(num_out)
-    src = paddle.clip((paddle.arange(num_out, dtype=dtype) + 0.5) * (n_in / n_out) - 0.5, min=0)  # [n_out]
-    lo = paddle.floor(src)
-    frac = (src - lo).unsqueeze(-1)  # [n_out, 1]
-    hi = paddle.minimum(lo + 1, paddle.full_like(lo, 1) * (n_in - 1))
-    index = paddle.arange(num_in, dtype=dtype).unsqueeze(0)  # [1, n_in]
+    if src is None:
+        src = paddle.cast(num_in, dtype) if isinstance(num_in, paddle.Tensor) else paddle.full([], num_in, dtype)
+        dst = paddle.cast(num_out, dtype) if isinstance(num_out, paddle.Tensor) else paddle.full([], num_out, dtype)
+    src, dst = src.astype(dtype).unsqueeze(-1), dst.astype(dtype).unsqueeze(-1)  # [.., 1]
+    coord = paddle.clip((paddle.arange(num_out, dtype=dtype) + 0.5) * (src / dst) - 0.5, min=0)  # [.., n_out]
+    lo = paddle.floor(coord)
+    frac = (coord - lo).unsqueeze(-1)  # [.., n_out, 1]
+    hi = paddle.minimum(lo + 1, src - 1)
+    index = paddle.arange(num_in, dtype=dtype)  # [n_in]
     return ((index == lo.unsqueeze(-1)).astype(dtype) * (1 - frac) +
             (index == hi.unsqueeze(-1)).astype(dtype) * frac)
 

@@ -2,14 +2,14 @@
 
 - `BilinearResize` after `convert_to_deploy()` (two matrix products, for Paddle Inference's oneDNN) against
   F.interpolate, by a factor and to sizes that are not multiples;
-- `grid_resize` (one grid_sample over the batch, the traced post-process) against `resize_each_image` (one
+- `batch_resize` (matrix products over the batch, the traced post-process) against `resize_each_image` (one
   F.interpolate per image), for the 'origin' decoding (the whole mask map) and the 'pad' one (a crop per image).
 """
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ppdet_rtdetr.modeling.mask_postprocess import grid_resize, resize_each_image
+from ppdet_rtdetr.modeling.mask_postprocess import batch_resize, resize_each_image
 from ppdet_rtdetr.modeling.resize import BilinearResize, bilinear_matrix
 
 
@@ -40,7 +40,7 @@ def test_deploy_resize_equals_interpolate():
 def _compare_pastes(masks, crop_hw, out_hw):
     max_hw = out_hw.max(0)
     want = resize_each_image(masks, crop_hw.astype('int32'), out_hw, max_hw).numpy()
-    got = grid_resize(masks, crop_hw.astype('float32'), out_hw.astype('float32'), max_hw).numpy()
+    got = batch_resize(masks, crop_hw.astype('float32'), out_hw.astype('float32'), max_hw).numpy()
     assert got.shape == want.shape == (masks.shape[0], masks.shape[1]) + tuple(max_hw.numpy())
     for i, (h, w) in enumerate(out_hw.numpy()):
         err = np.abs(got[i, :, :h, :w] - want[i, :, :h, :w]).max()
@@ -48,7 +48,7 @@ def _compare_pastes(masks, crop_hw, out_hw):
         assert (want[i, :, h:] == 0).all() and (want[i, :, :, w:] == 0).all()
 
 
-def test_grid_paste_equals_per_image_interpolate():
+def test_batch_paste_equals_per_image_interpolate():
     rng = np.random.RandomState(1)
     masks = paddle.to_tensor(rng.randn(3, 4, 16, 24).astype('float32') * 5)
     out_hw = paddle.to_tensor([[120, 200], [64, 96], [31, 17]], 'int32')  # up, equal ratio, down
