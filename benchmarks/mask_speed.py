@@ -2,6 +2,7 @@
 
     python benchmarks/mask_speed.py --work_dir /tmp/mask_speed [--config configs/mask_rtdetr/mask_rtdetr_hgnetv2_l_6x_coco.yml]
         [--threads 2] [--runs 10] [--output benchmarks/mask_speed.json]
+        [--parts export stages train official --official_repo DIR]
 
 With seeded random weights (speed does not depend on them; the post-process keeps num_top_queries masks
 whatever the scores), at 640x640, batch 1, `--threads` threads, an image whose original size is 480x640:
@@ -14,6 +15,8 @@ whatever the scores), at 640x640, batch 1, `--threads` threads, an image whose o
    and the export's form of the paste (`batch_resize`, matrix products) timed alone on masks of the same shape;
 3. `train_step`: one dygraph training step (forward, loss, backward) at batch 2 with 5 instances per image:
    its time and the process's peak resident memory (ru_maxrss) before and after.
+4. `official` (with --official_repo, a PaddleDetection checkout): ours against the official export of the same
+   weights (benchmarks/official.py), the two alternating run by run in one process per engine.
 Each part runs in its own process (`--part`); the load average of the machine is recorded around each, since
 a shared machine's other jobs change every timing.
 """
@@ -186,7 +189,58 @@ def part_train(args):
             'loss': round(float(loss), 4), 'load_before': load, 'load_after': _load()}
 
 
-PARTS = {'export': part_export, 'stages': part_stages, 'train': part_train}
+def _official_export(args, model_dir):
+    """The official export of our weights (benchmarks/official.py) in work_dir/official, with our infer_cfg.yml
+    (the same preprocessing) and its model.onnx; returns its folder."""
+    import shutil
+    from ppdet_rtdetr.export import export_onnx
+    out = os.path.join(args.work_dir, 'official')
+    if not os.path.isfile(os.path.join(out, 'model.json')):
+        env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+        config = os.path.join('configs', 'mask_rtdetr', os.path.basename(args.config))
+        subprocess.run([sys.executable, os.path.join(HERE, 'official.py'), '--repo', args.official_repo, '--config',
+                        config, '--weights', os.path.join(args.work_dir, 'weights.pdparams'), '--out', out],
+                       check=True, env=env)
+        shutil.copyfile(os.path.join(model_dir, 'infer_cfg.yml'), os.path.join(out, 'infer_cfg.yml'))
+    if not os.path.isfile(os.path.join(out, 'model.onnx')):
+        try:
+            export_onnx(out)
+        except Exception as e:  # noqa: BLE001  (reported in the JSON, the Paddle figures still count)
+            return out, f'{type(e).__name__}: {e}'
+    return out, None
+
+
+def part_official(args):
+    """Ours against the official export of the same weights, alternating run by run in one process per engine
+    (Paddle Inference + oneDNN: the official one with its onednn_placement_pass deleted, see official.py)."""
+    sys.path.insert(0, HERE)
+    from harness.runners import engine_runner
+    model_dir = os.path.join(args.work_dir, os.path.splitext(os.path.basename(args.config))[0])
+    official_dir, onnx_error = _official_export(args, model_dir)
+    feeds = {k: v.numpy() for k, v in _inputs().items()}
+    out = {'official_onnx_error': onnx_error} if onnx_error else {}
+    engines = [('paddle_onednn', 'paddle_mkldnn', 'paddle_mkldnn_official')]
+    if not onnx_error:
+        engines.append(('onnxruntime', 'onnxruntime', 'onnxruntime'))
+    for name, ours_engine, official_engine in engines:
+        runners = {'ours': engine_runner(ours_engine, model_dir, feeds, args.threads),
+                   'official': engine_runner(official_engine, official_dir, feeds, args.threads)}
+        times = {k: [] for k in runners}
+        load = _load()
+        for i in range(args.runs + 1):
+            for key, run in runners.items():
+                start = time.perf_counter()
+                run()
+                if i:
+                    times[key].append(1000 * (time.perf_counter() - start))
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        out[name] = {'ours_median_ms': round(med['ours'], 1), 'official_median_ms': round(med['official'], 1),
+                     'ours_over_official': round(med['ours'] / med['official'], 3), 'runs': args.runs,
+                     'load_before': load, 'load_after': _load()}
+    return out
+
+
+PARTS = {'export': part_export, 'stages': part_stages, 'train': part_train, 'official': part_official}
 
 
 def main(argv=None):
@@ -196,7 +250,9 @@ def main(argv=None):
     parser.add_argument('--work_dir', default='/tmp/mask_speed')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--runs', type=int, default=10)
-    parser.add_argument('--parts', nargs='+', default=list(PARTS), choices=list(PARTS))
+    parser.add_argument('--parts', nargs='+', default=['export', 'stages', 'train'], choices=list(PARTS),
+                        help="'official' (ours against the official export) needs --official_repo")
+    parser.add_argument('--official_repo', default=None, help='a PaddleDetection checkout (benchmarks/official.py)')
     parser.add_argument('--part', default=None, choices=list(PARTS), help='(internal) run one part here')
     parser.add_argument('--output', default=None)
     args = parser.parse_args(argv)
@@ -208,9 +264,10 @@ def main(argv=None):
               f'{ORIGINAL[1]}', 'threads': args.threads, 'cpu_count': os.cpu_count()}
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(args.threads))
     for part in args.parts:
+        extra = ['--official_repo', os.path.abspath(args.official_repo)] if args.official_repo else []
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--part', part, '--config', args.config,
-                               '--work_dir', args.work_dir, '--threads', str(args.threads), '--runs', str(args.runs)],
-                              env=env, capture_output=True, text=True)
+                               '--work_dir', args.work_dir, '--threads', str(args.threads), '--runs', str(args.runs)]
+                              + extra, env=env, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith('RESULT ')]
         report[part] = json.loads(lines[-1][7:]) if lines else {'error': proc.stderr[-2000:]}
     text = json.dumps(report, indent=1)
