@@ -1,6 +1,7 @@
 """Mask-RT-DETR speed and memory on CPU (issue 24 item 7), printed as one JSON.
 
-    python benchmarks/mask_speed.py --work_dir /tmp/mask_speed [--config configs/mask_rtdetr/mask_rtdetr_hgnetv2_l_6x_coco.yml]
+    python benchmarks/mask_speed.py --work_dir /tmp/mask_speed
+        [--config configs/mask_rtdetr/mask_rtdetr_hgnetv2_l_6x_coco.yml]
         [--threads 2] [--runs 10] [--output benchmarks/mask_speed.json]
         [--parts export stages train official --official_repo DIR]
 
@@ -57,7 +58,8 @@ def _build(config, train=False):
 def _inputs(batch=1):
     import paddle
     h, w = ORIGINAL
-    return {'image': paddle.rand([batch, 3, SIZE, SIZE]), 'im_shape': paddle.to_tensor([[SIZE, SIZE]] * batch, 'float32'),
+    return {'image': paddle.rand([batch, 3, SIZE, SIZE]),
+            'im_shape': paddle.to_tensor([[SIZE, SIZE]] * batch, 'float32'),
             'scale_factor': paddle.to_tensor([[SIZE / h, SIZE / w]] * batch, 'float32')}
 
 

@@ -5,7 +5,7 @@ import paddle.nn.functional as F
 from ppdet.core.workspace import register
 
 from .postprocess import RTDETRPostProcess
-from .resize import bilinear_matrix
+from .resize import bilinear_matrix, matrix_resize, scalar_tensor
 
 __all__ = ['RTDETRMaskPostProcess', 'resize_each_image', 'batch_resize']
 
@@ -64,7 +64,8 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
             if pad_shape is None:
                 raise ValueError("RTDETRMaskPostProcess: bbox_decode_type 'pad' needs pad_shape, the (h, w) of the "
                                  "network input")
-            pad_hw = paddle.to_tensor([float(pad_shape[0]), float(pad_shape[1])], dtype=im_shape.dtype)
+            # ints, or shape tensors in a graph traced for any input size
+            pad_hw = paddle.stack([scalar_tensor(v, im_shape.dtype) for v in pad_shape[:2]])
             # boxes normalised over the padded input: scale to the original image and its padding
             box_scale = box_scale * paddle.concat([pad_hw[1:], pad_hw[:1]] * 2) / paddle.concat(
                 [im_shape[:, 1:2], im_shape[:, 0:1]] * 2, axis=-1).unsqueeze(1)
@@ -77,7 +78,10 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
         # [b, 2] (h, w) of the region of each image's masks that maps onto the original image
         crop_hw = paddle.ones_like(im_shape) * paddle.shape(masks)[2:].astype(im_shape.dtype)
         if self.bbox_decode_type == 'pad':
-            masks = F.interpolate(masks, scale_factor=self.mask_stride, mode='bilinear', align_corners=False)
+            if paddle.in_dynamic_mode():
+                masks = F.interpolate(masks, scale_factor=self.mask_stride, mode='bilinear', align_corners=False)
+            else:  # Paddle Inference's oneDNN cannot run interp ops (modeling/resize.py): the same weights
+                masks = matrix_resize(masks, [hw[0] * self.mask_stride, hw[1] * self.mask_stride])
             crop_hw = im_shape
 
         # sizes stay tensors (no .numpy()): the same ops run in dygraph and in an exported graph

@@ -11,7 +11,12 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-__all__ = ['BilinearResize', 'bilinear_matrix']
+__all__ = ['BilinearResize', 'bilinear_matrix', 'matrix_resize', 'scalar_tensor']
+
+
+def scalar_tensor(v, dtype):
+    """A Python number or an int tensor (a shape element of a traced graph) as a 0-D tensor of `dtype`."""
+    return paddle.full([], float(v), dtype) if isinstance(v, (int, float)) else paddle.cast(v, dtype).reshape([])
 
 
 def bilinear_matrix(num_out, num_in, dtype='float32', src=None, dst=None):
@@ -27,8 +32,7 @@ def bilinear_matrix(num_out, num_in, dtype='float32', src=None, dst=None):
         Tensor: [num_out, num_in], or [b, num_out, num_in] with src / dst.
     """
     if src is None:
-        src = paddle.cast(num_in, dtype) if isinstance(num_in, paddle.Tensor) else paddle.full([], num_in, dtype)
-        dst = paddle.cast(num_out, dtype) if isinstance(num_out, paddle.Tensor) else paddle.full([], num_out, dtype)
+        src, dst = scalar_tensor(num_in, dtype), scalar_tensor(num_out, dtype)
     src, dst = src.astype(dtype).unsqueeze(-1), dst.astype(dtype).unsqueeze(-1)  # [.., 1]
     coord = paddle.clip((paddle.arange(num_out, dtype=dtype) + 0.5) * (src / dst) - 0.5, min=0)  # [.., n_out]
     lo = paddle.floor(coord)
@@ -37,6 +41,19 @@ def bilinear_matrix(num_out, num_in, dtype='float32', src=None, dst=None):
     index = paddle.arange(num_in, dtype=dtype)  # [n_in]
     return ((index == lo.unsqueeze(-1)).astype(dtype) * (1 - frac) +
             (index == hi.unsqueeze(-1)).astype(dtype) * frac)
+
+
+def matrix_resize(x, size):
+    """x [b, c, h, w] -> [b, c, H, W] for size (H, W) (ints or int tensors): F.interpolate's bilinear resize
+    (align_corners=False) as two matrix products."""
+    hw = paddle.shape(x)[2:]  # tensors: a graph traced for any input size knows no sizes
+    rows = bilinear_matrix(size[0], hw[0], x.dtype)  # [H, h]
+    cols = bilinear_matrix(size[1], hw[1], x.dtype)  # [W, w]
+    # [b, c, h, w] -> [b*c, h, w] first: oneDNN's matmul read a convolution's output in its NHWC memory as if
+    # it were NCHW (wrong numbers) when given the 4-D tensor; the reshape makes a plain copy
+    out = paddle.matmul(x.reshape([-1, hw[0], hw[1]]), cols, transpose_y=True)  # [b*c, h, W]
+    out = paddle.matmul(rows, out)  # [b*c, H, W]
+    return out.reshape([-1, x.shape[1], size[0], size[1]])  # [b, c, H, W]
 
 
 class BilinearResize(nn.Layer):
@@ -66,10 +83,4 @@ class BilinearResize(nn.Layer):
         # paddle.shape: the sizes stay tensors in a graph traced for any input size
         hw = paddle.shape(x)[2:]
         size = [hw[0] * self.scale_factor, hw[1] * self.scale_factor] if like is None else paddle.shape(like)[2:]
-        rows = bilinear_matrix(size[0], hw[0], x.dtype)  # [H, h]
-        cols = bilinear_matrix(size[1], hw[1], x.dtype)  # [W, w]
-        # [b, c, h, w] -> [b*c, h, w] first: oneDNN's matmul read a convolution's output in its NHWC memory as if
-        # it were NCHW (wrong numbers) when given the 4-D tensor; the reshape makes a plain copy
-        out = paddle.matmul(x.reshape([-1, hw[0], hw[1]]), cols, transpose_y=True)  # [b*c, h, W]
-        out = paddle.matmul(rows, out)  # [b*c, H, W]
-        return out.reshape([-1, x.shape[1], size[0], size[1]])  # [b, c, H, W]
+        return matrix_resize(x, size)

@@ -3,13 +3,17 @@
 - `BilinearResize` after `convert_to_deploy()` (two matrix products, for Paddle Inference's oneDNN) against
   F.interpolate, by a factor and to sizes that are not multiples;
 - `batch_resize` (matrix products over the batch, the traced post-process) against `resize_each_image` (one
-  F.interpolate per image), for the 'origin' decoding (the whole mask map) and the 'pad' one (a crop per image).
+  F.interpolate per image), for the 'origin' decoding (the whole mask map) and the 'pad' one (a crop per image);
+- the whole post-process traced for any batch and input size against dygraph, for both decodings.
 """
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ppdet_rtdetr.modeling.mask_postprocess import batch_resize, resize_each_image
+from paddle.static import InputSpec
+
+from ppdet_rtdetr.modeling.mask_postprocess import (BBOX_DECODE_TYPES, RTDETRMaskPostProcess, batch_resize,
+                                                    resize_each_image)
 from ppdet_rtdetr.modeling.resize import BilinearResize, bilinear_matrix
 
 
@@ -55,3 +59,34 @@ def test_batch_paste_equals_per_image_interpolate():
     _compare_pastes(masks, paddle.to_tensor([[16, 24]] * 3, 'int32'), out_hw)
     # 'pad' decoding: each image's region of the padded input, then its original size
     _compare_pastes(masks, paddle.to_tensor([[16, 24], [12, 24], [16, 9]], 'int32'), out_hw)
+
+
+def test_traced_postprocess_equals_dygraph_at_any_batch_and_size():
+    """The post-process traced with the batch and the input size unknown (as tools/export_model.py traces it),
+    for both decodings: boxes and scores as dygraph's, masks with IoU >= 0.99 per instance."""
+    rng = np.random.RandomState(2)
+    n, k, h4, w4 = 12, 3, 16, 24
+    head = [paddle.to_tensor(rng.rand(2, n, 4).astype('float32') * 0.5 + 0.25),
+            paddle.to_tensor(rng.randn(2, n, k).astype('float32')),
+            paddle.to_tensor(rng.randn(2, n, h4, w4).astype('float32') * 5)]
+    image = paddle.zeros([2, 3, 4 * h4, 4 * w4])
+    im_shape = paddle.to_tensor([[64., 96.], [48., 96.]])  # the second image padded at the bottom ('pad')
+    scale_factor = paddle.to_tensor([[0.5, 0.8], [0.4, 0.3]])
+    for decode in BBOX_DECODE_TYPES:
+        post_process = RTDETRMaskPostProcess(num_classes=k, num_top_queries=5, bbox_decode_type=decode,
+                                             use_avg_mask_score=decode == 'pad')
+
+        def run(boxes, logits, masks, im_shape, scale_factor, image):
+            return post_process((boxes, logits, masks), im_shape, scale_factor, image.shape[2:])
+
+        spec = [InputSpec([None, n, 4], 'float32'), InputSpec([None, n, k], 'float32'),
+                InputSpec([None, n, None, None], 'float32'), InputSpec([None, 2], 'float32'),
+                InputSpec([None, 2], 'float32'), InputSpec([None, 3, None, None], 'float32')]
+        traced = paddle.jit.to_static(run, input_spec=spec, full_graph=True)
+        want = run(*head, im_shape, scale_factor, image)
+        got = traced(*head, im_shape, scale_factor, image)
+        np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-5, atol=1e-4, err_msg=decode)
+        g, w = got[2].numpy().astype(bool), want[2].numpy().astype(bool)
+        assert g.shape == w.shape == (10, 128, 320) and w.sum() > 0, (decode, g.shape)
+        iou = (g & w).sum((1, 2)) / np.maximum((g | w).sum((1, 2)), 1)
+        assert iou.min() >= 0.99, f'{decode}: mask IoU {iou.min():.4f}'
