@@ -7,7 +7,9 @@ The exported contract (what `deploy/` reads):
   for H or W alone) exports a dynamic-size graph that computes them from the input's shape (a few small ops
   per run), so one export runs at any size.
 - outputs, in this order (Paddle names them fetch_name_0 and fetch_name_1): `bbox` [b*K, 6] (class index,
-  score, x1, y1, x2, y2 in original-image pixels) and `bbox_num` int32 [b]; with exclude_post_process the
+  score, x1, y1, x2, y2 in original-image pixels) and `bbox_num` int32 [b]; Mask-RT-DETR adds a third, `mask`
+  int32 [b*K, H, W] of {0, 1} (H, W the batch's largest original size, image i's masks in its top-left
+  [:h_i, :w_i]), and infer_cfg.yml has `mask: true` (ppdet's key); with exclude_post_process the
   only input is `image` and the outputs are the raw (boxes [b, n, 4] sigmoid cxcywh, logits [b, n, k]).
 - `infer_cfg.yml`: ppdet's fields (mode, draw_threshold, metric, use_dynamic_shape, arch, min_subgraph_size,
   Preprocess, label_list) plus `image_shape` [3, H, W] (-1 on a dynamic axis), `exclude_post_process`,
@@ -173,7 +175,8 @@ def build_export_model(cfg, weights=None):
 class _ExportModel(nn.Layer):
     """Positional-input view of a ppdet architecture, so that the saved program has named inputs.
 
-    forward(image, im_shape, scale_factor) -> (bbox, bbox_num); with `raw`, forward(image) -> (boxes, logits).
+    forward(image, im_shape, scale_factor) -> (bbox, bbox_num), and mask third for a model with masks; with
+    `raw`, forward(image) -> (boxes, logits).
     """
 
     def __init__(self, model, raw):
@@ -184,6 +187,8 @@ class _ExportModel(nn.Layer):
         inputs = {'image': image} if self.raw else {'image': image, 'im_shape': im_shape,
                                                     'scale_factor': scale_factor}
         out = self.model(inputs)
+        if 'mask' in out:
+            return out['bbox'], out['bbox_num'], out['mask']
         return out['bbox'], out['bbox_num']
 
 
@@ -233,6 +238,10 @@ def build_infer_cfg(cfg, model, size=None, trt_min_size=None, trt_max_size=None)
     """
     size = list(size or cfg['eval_size'])
     raw, dynamic = bool(model.exclude_post_process), -1 in size
+    with_mask = bool(getattr(model, 'with_mask', False))
+    if raw and with_mask:
+        raise ValueError('exclude_post_process=True with masks (with_mask: true): the deploy scripts have no numpy '
+                         'mask post-process; export Mask-RT-DETR with its post-process (the default)')
     preprocess = _preprocess(cfg, size)
     infer_cfg = OrderedDict([
         ('mode', 'paddle'), ('draw_threshold', 0.5), ('metric', cfg['metric']), ('use_dynamic_shape', dynamic),
@@ -242,6 +251,8 @@ def build_infer_cfg(cfg, model, size=None, trt_min_size=None, trt_max_size=None)
         ('num_top_queries', model.post_process.num_top_queries),
         ('use_focal_loss', model.post_process.use_focal_loss),
     ])
+    if with_mask:
+        infer_cfg['mask'] = True  # ppdet's key: a third output, the masks (PaddleDetection's deploy reads it)
     if _uses_cpu_ops(model):
         infer_cfg['custom_op_library'] = ops.LIBRARY_NAME + '.so'
         infer_cfg['custom_ops'] = [ops.OP_NAME]  # what the deploy scripts check before registering the library

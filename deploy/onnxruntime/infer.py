@@ -6,7 +6,8 @@
         [--max_pixels 50000000]   (larger images are refused from their header, before decoding; 0: no limit)
 
 Needs onnxruntime, numpy, OpenCV and PyYAML (not Paddle). Preprocessing, the baked-size check, drawing and
-results.json are deploy/python's, so both engines give the same output for the same folder.
+results.json (with Mask-RT-DETR's masks as COCO RLE) are deploy/python's, so both engines give the same output
+for the same folder.
 """
 import argparse
 import os

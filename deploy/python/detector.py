@@ -46,9 +46,12 @@ class Detector:
     Subclasses set `self.input_names` (the model's inputs, a subset of image / im_shape / scale_factor) and
     implement `_run(feeds: dict name -> ndarray) -> list of ndarray` (the model outputs in order).
     predict(inputs dict of `image` [b, 3, H, W], `im_shape` [b, 2], `scale_factor` [b, 2]) ->
-    (bbox [N, 6] (class, score, x1, y1, x2, y2) in original pixels, bbox_num int32 [b]); a raw export
-    (exclude_post_process) is post-processed in numpy. An input whose H x W differs from the baked size is a
-    ValueError naming both sizes. predict_images(list of RGB uint8 images) -> list of [K_i, 6], one per image.
+    (bbox [N, 6] (class, score, x1, y1, x2, y2) in original pixels, bbox_num int32 [b]), plus a Mask-RT-DETR
+    export's (infer_cfg `mask: true`) mask int32 [N, H, W] of {0, 1} (the batch's largest original size, image
+    i's masks in its top-left part); a raw export (exclude_post_process) is post-processed in numpy. An input
+    whose H x W differs from the baked size is a ValueError naming both sizes.
+    predict_images(list of RGB uint8 images) -> list of [K_i, 6], one per image; predict_instances(images) ->
+    list of (dets [K_i, 6], masks uint8 [K_i, h_i, w_i] at the image's size, or None without masks).
     """
 
     def __init__(self, model_dir, target_size=None, keep_ratio=False):
@@ -59,6 +62,7 @@ class Detector:
         self.labels = [str(name) for name in self.infer_cfg.get('label_list', [])]
         self.image_shape = _baked_image_shape(self.infer_cfg)
         self.raw = bool(self.infer_cfg.get('exclude_post_process', False))
+        self.with_mask = bool(self.infer_cfg.get('mask', False))
         self.input_names = ['image'] if self.raw else ['image', 'im_shape', 'scale_factor']
 
     def _run(self, feeds):
@@ -70,10 +74,19 @@ class Detector:
         if self.raw:
             return topk_postprocess(outputs[0], outputs[1], inputs['im_shape'], inputs['scale_factor'],
                                     self.infer_cfg['num_top_queries'], self.infer_cfg.get('use_focal_loss', True))
-        return outputs[0], outputs[1]
+        return tuple(outputs[:3 if self.with_mask else 2])
 
     def predict_images(self, images):
-        return split_detections(*self.predict(self.preprocess(images)))
+        return [dets for dets, _ in self.predict_instances(images)]
+
+    def predict_instances(self, images):
+        outputs = self.predict(self.preprocess(images))
+        dets = split_detections(outputs[0], outputs[1])
+        if not self.with_mask:
+            return [(d, None) for d in dets]
+        masks = split_detections(outputs[2], outputs[1])
+        # each image's masks fill the top-left part of the batch's [H, W]: crop to its own size
+        return [(d, m[:, :im.shape[0], :im.shape[1]].astype('uint8')) for d, m, im in zip(dets, masks, images)]
 
 
 def add_io_args(parser):
@@ -119,6 +132,15 @@ def _readable_images(paths, max_pixels, skipped):
             skipped.append(path)
 
 
+def _print_instances(path, dets, masks, threshold):
+    """One line per image of a mask export: the kept instances with their mask areas in pixels."""
+    if masks is None:
+        return
+    keep = dets[:, 1] >= threshold
+    areas = ', '.join(f'class {int(d[0])} {d[1]:.2f} {int(m.sum())} px' for d, m in zip(dets[keep], masks[keep]))
+    print(f'{path}: {int(keep.sum())} instance(s) >= {threshold}' + (f': {areas}' if areas else ''))
+
+
 def _run_images(detector, args, threshold, results):
     """Detect on --image_file (a bad file raises ImageError) or --image_dir (bad files skipped); return the
     skipped paths."""
@@ -131,12 +153,14 @@ def _run_images(detector, args, threshold, results):
     while batch := list(itertools.islice(read, args.batch_size)):
         paths, images = zip(*batch)
         start = time.perf_counter()
-        dets = detector.predict_images(images)
+        instances = detector.predict_instances(images)
         print(f'{len(paths)} image(s) in {1000 * (time.perf_counter() - start):.1f} ms')
-        for path, image, det in zip(paths, images, dets):
+        for path, image, (det, masks) in zip(paths, images, instances):
             cv2.imwrite(os.path.join(args.output_dir, os.path.basename(path)),
-                        draw_detections(image, det, detector.labels, threshold))
-            results.append({'image': path, 'detections': detections_to_json(det, detector.labels, threshold)})
+                        draw_detections(image, det, detector.labels, threshold, masks))
+            results.append({'image': path,
+                            'detections': detections_to_json(det, detector.labels, threshold, masks)})
+            _print_instances(path, det, masks, threshold)
     return skipped
 
 
@@ -154,9 +178,10 @@ def _run_video(detector, args, threshold, results):
         if ok:
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         if frames and (len(frames) == args.batch_size or not ok):
-            for frame_rgb, det in zip(frames, detector.predict_images(frames)):
-                writer.write(draw_detections(frame_rgb, det, detector.labels, threshold))
-                results.append({'frame': index, 'detections': detections_to_json(det, detector.labels, threshold)})
+            for frame_rgb, (det, masks) in zip(frames, detector.predict_instances(frames)):
+                writer.write(draw_detections(frame_rgb, det, detector.labels, threshold, masks))
+                results.append({'frame': index,
+                                'detections': detections_to_json(det, detector.labels, threshold, masks)})
                 index += 1
             frames = []
     capture.release()

@@ -8,7 +8,8 @@
 
 Needs only paddlepaddle, numpy, OpenCV and PyYAML (not ppdet). An export made with export.cpu_fused_attention
 runs on CPU only; its folder's operator library is registered here. Writes the drawn images (or video) and
-results.json (per image: class_id, label, score, bbox [x1, y1, x2, y2] in original pixels) to --output_dir.
+results.json (per image: class_id, label, score, bbox [x1, y1, x2, y2] in original pixels, and for a Mask-RT-DETR
+export its mask as COCO RLE in `segmentation`, drawn as an overlay too) to --output_dir.
 """
 import argparse
 

@@ -1,8 +1,14 @@
-"""What happens after the engine: numpy top-k of raw exports, per-image results, drawing, JSON."""
+"""What happens after the engine: numpy top-k of raw exports, per-image results, drawing, JSON (masks as COCO
+RLE: pycocotools' compressed form when it is installed, else the uncompressed form computed here)."""
 import cv2
 import numpy as np
 
-__all__ = ['topk_postprocess', 'split_detections', 'draw_detections', 'detections_to_json']
+try:
+    from pycocotools import mask as mask_util
+except ImportError:  # the deploy scripts need no pycocotools: uncompressed RLE instead
+    mask_util = None
+
+__all__ = ['topk_postprocess', 'split_detections', 'draw_detections', 'detections_to_json', 'mask_to_rle']
 
 
 def _sigmoid(x):
@@ -45,10 +51,37 @@ def split_detections(bbox, bbox_num):
     return np.split(bbox, np.cumsum(bbox_num)[:-1])
 
 
-def draw_detections(image_rgb, dets, labels, threshold):
-    """A BGR copy of `image_rgb` with the boxes scoring >= threshold drawn and labelled."""
+def mask_to_rle(mask, compressed=None):
+    """COCO run-length encoding of a binary [h, w] mask: {'size': [h, w], 'counts': ...}.
+
+    Runs are counted in column-major (Fortran) order, starting with a run of zeros (maybe empty), as COCO
+    defines them. compressed (default: whether pycocotools is installed): pycocotools' compressed string;
+    otherwise the runs as a list of ints (COCO's uncompressed RLE, which pycocotools' frPyObjects reads too).
+    """
+    mask = np.asarray(mask, dtype=np.uint8)
+    if compressed is None:
+        compressed = mask_util is not None
+    if compressed:
+        rle = mask_util.encode(np.asfortranarray(mask))
+        return {'size': [int(s) for s in rle['size']], 'counts': rle['counts'].decode('ascii')}
+    flat = mask.flatten(order='F')
+    # run boundaries: where the value changes, with a leading 0 so that the first run counts zeros
+    change = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]] if flat.size else [1]])))
+    counts = np.diff(np.concatenate([[0], change])).tolist()
+    return {'size': [int(mask.shape[0]), int(mask.shape[1])], 'counts': [int(c) for c in counts]}
+
+
+def draw_detections(image_rgb, dets, labels, threshold, masks=None):
+    """A BGR copy of `image_rgb` with the boxes scoring >= threshold drawn and labelled, and with `masks`
+    ([K, h, w] of {0, 1}, one per row of dets) each kept instance's mask as a half-transparent overlay in the
+    colour of its class."""
     im = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    for cls, score, x1, y1, x2, y2 in dets[dets[:, 1] >= threshold]:
+    keep = dets[:, 1] >= threshold
+    if masks is not None:
+        for cls, mask in zip(dets[keep, 0], masks[keep].astype(bool)):
+            color = np.random.RandomState(int(cls)).randint(0, 255, 3)
+            im[mask] = (0.5 * im[mask] + 0.5 * color).astype(np.uint8)
+    for cls, score, x1, y1, x2, y2 in dets[keep]:
         color = tuple(int(c) for c in np.random.RandomState(int(cls)).randint(0, 255, 3))
         cv2.rectangle(im, (int(x1), int(y1)), (int(x2), int(y2)), color, 2)
         name = labels[int(cls)] if int(cls) < len(labels) else str(int(cls))
@@ -57,8 +90,14 @@ def draw_detections(image_rgb, dets, labels, threshold):
     return im
 
 
-def detections_to_json(dets, labels, threshold):
-    """Detections scoring >= threshold as a list of {class_id, label, score, bbox [x1, y1, x2, y2]}."""
-    return [{'class_id': int(cls), 'label': labels[int(cls)] if int(cls) < len(labels) else str(int(cls)),
-             'score': float(score), 'bbox': [float(x1), float(y1), float(x2), float(y2)]}
-            for cls, score, x1, y1, x2, y2 in dets[dets[:, 1] >= threshold]]
+def detections_to_json(dets, labels, threshold, masks=None):
+    """Detections scoring >= threshold as a list of {class_id, label, score, bbox [x1, y1, x2, y2]}, each with
+    'segmentation' (`mask_to_rle` of its row of `masks` [K, h, w]) when masks are given."""
+    keep = dets[:, 1] >= threshold
+    out = [{'class_id': int(cls), 'label': labels[int(cls)] if int(cls) < len(labels) else str(int(cls)),
+            'score': float(score), 'bbox': [float(x1), float(y1), float(x2), float(y2)]}
+           for cls, score, x1, y1, x2, y2 in dets[keep]]
+    if masks is not None:
+        for item, mask in zip(out, masks[keep]):
+            item['segmentation'] = mask_to_rle(mask)
+    return out

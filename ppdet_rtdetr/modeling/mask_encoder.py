@@ -11,11 +11,11 @@ ones, so the official checkpoints load by name.
 import math
 
 import paddle.nn as nn
-import paddle.nn.functional as F
 from ppdet.core.workspace import register, serializable
 
 from .hybrid_encoder import RTDETRHybridEncoder
 from .layers import ConvBNAct
+from .resize import BilinearResize
 
 __all__ = ['RTDETRMaskHybridEncoder']
 
@@ -40,14 +40,15 @@ class _MaskFeatFPN(nn.Layer):
                 # each conv is wrapped in a Sequential: the official names carry that extra `.0`
                 blocks.append(nn.Sequential(ConvBNAct(ch if k == 0 else feat_channels, feat_channels, 3, 1, act, trt)))
                 if stride != fpn_strides[0]:
-                    blocks.append(nn.Upsample(scale_factor=2, mode='bilinear', align_corners=False))
+                    blocks.append(BilinearResize(scale_factor=2))
             self.scale_heads.append(nn.Sequential(*blocks))
         self.output_conv = ConvBNAct(feat_channels, out_channels, 3, 1, act, trt)
+        self.resize = BilinearResize()
 
     def forward(self, feats):
         out = self.scale_heads[0](feats[0])
         for head, feat in zip(self.scale_heads[1:], feats[1:]):
-            out = out + F.interpolate(head(feat), size=out.shape[2:], mode='bilinear', align_corners=False)
+            out = out + self.resize(head(feat), like=out)
         return self.output_conv(out)
 
 
@@ -98,6 +99,7 @@ class RTDETRMaskHybridEncoder(RTDETRHybridEncoder):
         self.enc_mask_lateral = ConvBNAct(in_channels[0], mask_ch, 3, 1, act, trt)
         self.enc_mask_output = nn.Sequential(ConvBNAct(mask_ch, mask_ch, 3, 1, act, trt),
                                              nn.Conv2D(mask_ch, num_prototypes, 1))
+        self.resize = BilinearResize()  # its convert_to_deploy form runs under oneDNN (modeling/resize.py)
 
     def forward(self, feats, for_mot=False):
         x4 = feats[0]
@@ -105,6 +107,6 @@ class RTDETRMaskHybridEncoder(RTDETRHybridEncoder):
         mask_feat = self.mask_feat_head(enc_feats)
         # stride 8 -> stride 4. The official code upsamples by a factor 2, which fails on an input whose size is not
         # a multiple of 8 (then 2 * h_8 != h_4); resizing to the stride-4 map's size is the same op where it works
-        mask_feat = F.interpolate(mask_feat, size=x4.shape[2:], mode='bilinear', align_corners=False)
+        mask_feat = self.resize(mask_feat, like=x4)
         mask_feat = mask_feat + self.enc_mask_lateral(x4)
         return enc_feats, self.enc_mask_output(mask_feat)

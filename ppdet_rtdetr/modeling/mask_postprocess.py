@@ -5,8 +5,9 @@ import paddle.nn.functional as F
 from ppdet.core.workspace import register
 
 from .postprocess import RTDETRPostProcess
+from .resize import bilinear_matrix, matrix_resize, scalar_tensor
 
-__all__ = ['RTDETRMaskPostProcess']
+__all__ = ['RTDETRMaskPostProcess', 'resize_each_image', 'batch_resize']
 
 BBOX_DECODE_TYPES = ('origin', 'pad')
 
@@ -33,8 +34,10 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
     original height and width in the batch: image i's masks fill [:h_i, :w_i] and are 0 beyond (ppdet's Mask R-CNN
     convention for batches); with one image they are exactly its size, as the official output.
 
-    Sizes stay tensors, so the same code runs in an exported graph; the loop over the images needs the batch size
-    known when the graph is built (a fixed-batch export).
+    Sizes stay tensors, so the same code runs in an exported graph. The resize to each image's size is
+    `resize_each_image` (a loop of F.interpolate, the official arithmetic) in dygraph; in a traced graph
+    (tools/export_model.py, dynamic batch) it is `batch_resize`, matrix products over the batch with the same
+    bilinear weights (equal up to float rounding).
 
     The official code passes ``image[2:].shape`` as pad_shape (a slice of the batch, not of the shape); here the
     architecture passes the input's (h, w), which is what 'pad' needs. With 'origin' (every official config)
@@ -61,35 +64,82 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
             if pad_shape is None:
                 raise ValueError("RTDETRMaskPostProcess: bbox_decode_type 'pad' needs pad_shape, the (h, w) of the "
                                  "network input")
-            pad_hw = paddle.to_tensor([float(pad_shape[0]), float(pad_shape[1])], dtype=im_shape.dtype)
+            # ints, or shape tensors in a graph traced for any input size
+            pad_hw = paddle.stack([scalar_tensor(v, im_shape.dtype) for v in pad_shape[:2]])
             # boxes normalised over the padded input: scale to the original image and its padding
             box_scale = box_scale * paddle.concat([pad_hw[1:], pad_hw[:1]] * 2) / paddle.concat(
                 [im_shape[:, 1:2], im_shape[:, 0:1]] * 2, axis=-1).unsqueeze(1)
         labels, scores, boxes, query = self._select(boxes, logits, box_scale)
-        # [b, n, h4, w4] -> [b, K, h4, w4], the masks of the selected queries
-        masks = paddle.take_along_axis(masks, query.unsqueeze(-1).unsqueeze(-1), axis=1)
+        # [b, n, h4, w4] -> [b, K, h4, w4], the masks of the selected queries. The index is expanded here: the
+        # implicit broadcast of take_along_axis, traced for any input size, expanded the masks to [b, n, 1, 1]
+        hw = paddle.shape(masks)[2:]
+        index = query.unsqueeze(-1).unsqueeze(-1).expand([-1, -1, hw[0], hw[1]])
+        masks = paddle.take_along_axis(masks, index, axis=1, broadcast=False)
+        # [b, 2] (h, w) of the region of each image's masks that maps onto the original image
+        crop_hw = paddle.ones_like(im_shape) * paddle.shape(masks)[2:].astype(im_shape.dtype)
+        if self.bbox_decode_type == 'pad':
+            if paddle.in_dynamic_mode():
+                masks = F.interpolate(masks, scale_factor=self.mask_stride, mode='bilinear', align_corners=False)
+            else:  # Paddle Inference's oneDNN cannot run interp ops (modeling/resize.py): the same weights
+                masks = matrix_resize(masks, [hw[0] * self.mask_stride, hw[1] * self.mask_stride])
+            crop_hw = im_shape
 
         # sizes stay tensors (no .numpy()): the same ops run in dygraph and in an exported graph
         sizes = origin_hw.astype('int32')  # [b, 2] (h, w)
         max_hw = sizes.max(0)
-        crops = im_shape.astype('int32')
-        zero = paddle.zeros([], 'int32')
-        out_masks, out_scores = [], []
-        for i in range(masks.shape[0]):  # the batch must be known (a fixed-batch export)
-            m = masks[i:i + 1]  # [1, K, h4, w4]
-            if self.bbox_decode_type == 'pad':
-                m = F.interpolate(m, scale_factor=self.mask_stride, mode='bilinear', align_corners=False)
-                m = m[:, :, :crops[i, 0], :crops[i, 1]]
-            m = F.interpolate(m, size=[sizes[i, 0], sizes[i, 1]], mode='bilinear', align_corners=False)
-            prob = F.sigmoid(m)
-            binary = (prob > self.mask_threshold).astype(prob.dtype)
-            score = scores[i]
-            if self.use_avg_mask_score:
-                score = score * (binary * prob).sum([-2, -1])[0] / (binary.sum([-2, -1])[0] + 1e-6)
-            out_scores.append(score)
-            # [1, K, h, w] -> [K, max_h, max_w], zeros below and right of the image
-            pad = paddle.stack([zero, max_hw[1] - sizes[i, 1], zero, max_hw[0] - sizes[i, 0]])
-            out_masks.append(F.pad(binary.astype('int32'), pad, mode='constant', value=0, data_format='NCHW')[0])
-        scores = paddle.stack(out_scores)
+        # a Python-level choice: to_static would turn a test on the (unknown) batch size into a cond op holding
+        # both branches, and the loop into a while op, which oneDNN and paddle2onnx do not run
+        if paddle.in_dynamic_mode():  # one F.interpolate per image: the official arithmetic
+            masks = resize_each_image(masks, crop_hw.astype('int32'), sizes, max_hw)
+        else:  # a traced graph (the export, dynamic batch): the same bilinear weights as matrix products
+            masks = batch_resize(masks, crop_hw, origin_hw, max_hw)
+        # [b, K, H, W]: image i's pixels are [:h_i, :w_i]; the rest is 0 in the output and left out of the scores
+        rows = paddle.arange(max_hw[0], dtype='int32').unsqueeze(0) < sizes[:, 0:1]  # [b, H]
+        cols = paddle.arange(max_hw[1], dtype='int32').unsqueeze(0) < sizes[:, 1:2]  # [b, W]
+        valid = paddle.logical_and(rows.unsqueeze(-1), cols.unsqueeze(1))  # [b, H, W]
+        prob = F.sigmoid(masks)
+        binary = paddle.logical_and(prob > self.mask_threshold, valid.unsqueeze(1)).astype(prob.dtype)
+        if self.use_avg_mask_score:
+            scores = scores * (binary * prob).sum([-2, -1]) / (binary.sum([-2, -1]) + 1e-6)
         bbox_num = paddle.full([boxes.shape[0]], self.num_top_queries, 'int32')
-        return self._rows(labels, scores, boxes), bbox_num, paddle.concat(out_masks)
+        # [b, K, H, W] -> [b*K, H, W]
+        return self._rows(labels, scores, boxes), bbox_num, binary.astype('int32').flatten(0, 1)
+
+
+def resize_each_image(masks, crop_hw, out_hw, max_hw):
+    """Per image, the top-left ``crop_hw[i]`` region of its masks resized to ``out_hw[i]`` by F.interpolate
+    (bilinear, align_corners=False: the official arithmetic), zero-padded to ``max_hw``.
+
+    Args:
+        masks (Tensor): [b, K, h, w] logits; b must be known (a Python loop over the images).
+        crop_hw, out_hw (Tensor): int32 [b, 2] (h, w). max_hw (Tensor): int32 [2], out_hw.max(0).
+    Returns:
+        Tensor: [b, K, max_h, max_w] of masks' dtype.
+    """
+    zero = paddle.zeros([], 'int32')
+    out = []
+    for i in range(masks.shape[0]):
+        m = masks[i:i + 1, :, :crop_hw[i, 0], :crop_hw[i, 1]]  # [1, K, crop_h, crop_w]
+        m = F.interpolate(m, size=[out_hw[i, 0], out_hw[i, 1]], mode='bilinear', align_corners=False)
+        pad = paddle.stack([zero, max_hw[1] - out_hw[i, 1], zero, max_hw[0] - out_hw[i, 0]])
+        out.append(F.pad(m, pad, mode='constant', value=0, data_format='NCHW'))
+    return paddle.concat(out)
+
+
+def batch_resize(masks, crop_hw, out_hw, max_hw):
+    """`resize_each_image` as matrix products over the batch, for a graph whose batch size is unknown.
+
+    Per image, [max_h, h] and [max_w, w] matrices hold F.interpolate's bilinear weights from its crop to its
+    size (`resize.bilinear_matrix`); the values agree to float rounding (~1e-5 on logits of magnitude 10, so a
+    binary mask can differ where a logit is that close to the threshold). As fast as F.interpolate on CPU (a
+    grid_sample of the same points took 2.6x its time: benchmarks/mask_speed.py).
+    Args:
+        masks (Tensor): [b, K, h, w] logits. crop_hw, out_hw (Tensor): [b, 2] (h, w). max_hw (Tensor): int32 [2].
+    Returns:
+        Tensor: [b, K, max_h, max_w]; beyond out_hw[i], image i holds no meaningful values (the caller masks them).
+    """
+    hw = paddle.shape(masks)[2:]
+    rows = bilinear_matrix(max_hw[0], hw[0], masks.dtype, crop_hw[:, 0], out_hw[:, 0])  # [b, H, h]
+    cols = bilinear_matrix(max_hw[1], hw[1], masks.dtype, crop_hw[:, 1], out_hw[:, 1])  # [b, W, w]
+    # [b, K, h, w] x [b, 1, w, W] -> [b, K, h, W]; [b, 1, H, h] x [b, K, h, W] -> [b, K, H, W]
+    return paddle.matmul(rows.unsqueeze(1), paddle.matmul(masks, cols.unsqueeze(1), transpose_y=True))

@@ -14,7 +14,8 @@ with different `-o` overrides must not share one).
    outputs and the post-processed `bbox` / `bbox_num`; for every image file in IMAGES_DIR the detections after
    ppdet's own TestReader transforms at the export's default size (`file_<name>` keys), and for a dynamic
    export also at the other sizes (`file_<name>@<h>x<w>`) and at the keep-ratio size rounded to the stride
-   (`file_<name>@keep`).
+   (`file_<name>@keep`). A model with masks (Mask-RT-DETR) adds `mask@<h>x<w>` and `mask_<file key>` (its
+   exports have no raw outputs, so no `boxes` / `logits`).
 """
 import glob
 import importlib.util
@@ -84,10 +85,12 @@ def _ppdet_reader_inputs(cfg, path, size):
 
 
 def _run(model, inputs, raw):
+    """(bbox, bbox_num) of the model, and its masks third when it has them (not with raw outputs)."""
     model.exclude_post_process = raw
     with paddle.no_grad():
         out = model(inputs)
-    return out['bbox'].numpy(), out['bbox_num'].numpy()
+    with_mask = 'mask' in out and not raw
+    return (out['bbox'].numpy(), out['bbox_num'].numpy()) + ((out['mask'].numpy(),) if with_mask else ())
 
 
 def main(argv):
@@ -120,13 +123,18 @@ def main(argv):
                   'scale_factor': paddle.to_tensor(scale_factor)}
         at = f'@{h}x{w}'
         ref['image' + at], ref['scale_factor' + at] = image, scale_factor
-        ref['boxes' + at], ref['logits' + at] = _run(model, inputs, raw=True)
-        ref['bbox' + at], ref['bbox_num' + at] = _run(model, inputs, raw=False)
+        if not cfg.get('with_mask'):  # a mask model's raw outputs are not exported (the tool refuses)
+            ref['boxes' + at], ref['logits' + at] = _run(model, inputs, raw=True)[:2]
+        ref['bbox' + at], ref['bbox_num' + at], *mask = _run(model, inputs, raw=False)
+        if mask:
+            ref['mask' + at] = mask[0]
         for path in paths:
             name = os.path.splitext(os.path.basename(path))[0]
             # the export's default size is sizes[0] (TestReader's Resize); the others only for a dynamic export
             key = f'file_{name}' + ('' if (h, w) == sizes[0] else at)
-            ref[key] = _run(model, _ppdet_reader_inputs(cfg, path, (h, w)), raw=False)[0]
+            ref[key], _, *mask = _run(model, _ppdet_reader_inputs(cfg, path, (h, w)), raw=False)
+            if mask:
+                ref['mask_' + key] = mask[0]
     if dynamic:
         workspace.merge_config({'eval_size': None})  # anchors computed for each image's own size
         model = create(cfg.architecture)
@@ -134,7 +142,9 @@ def main(argv):
         model.eval()
         for path in paths:
             name = os.path.splitext(os.path.basename(path))[0]
-            ref[f'file_{name}@keep'] = _run(model, _ppdet_reader_inputs(cfg, path, 'keep'), raw=False)[0]
+            ref[f'file_{name}@keep'], _, *mask = _run(model, _ppdet_reader_inputs(cfg, path, 'keep'), raw=False)
+            if mask:
+                ref[f'mask_file_{name}@keep'] = mask[0]
     np.savez(os.path.join(out_dir, 'reference.npz'), **ref)
 
 

@@ -43,12 +43,15 @@ CASES = {
     'dynamic_cpu_fused': ['--image_shape', '3', '-1', '-1', '-o', 'export.cpu_fused_attention=True',
                           'RTDETRDeformableTransformer.num_decoder_points=[4,2,2]'],
 }
+# Mask-RT-DETR (configs/tests/mask_rtdetr_tiny.yml): masks at the training size and at any size
+MASK_CFG = os.path.join(ROOT, 'configs', 'tests', 'mask_rtdetr_tiny.yml')
+MASK_CASES = {'mask_fixed': [], 'mask_dynamic': ['--image_shape', '3', '-1', '-1']}
 RAW_CASES = ('discrete_raw', 'dynamic_v2_raw')
-DYNAMIC_CASES = ('dynamic', 'dynamic_v2_raw', 'dynamic_cpu_fused')
+DYNAMIC_CASES = ('dynamic', 'dynamic_v2_raw', 'dynamic_cpu_fused', 'mask_dynamic')
 CPU_FUSED_CASES = ('dynamic_cpu_fused',)
 ONNX_CASES = tuple(name for name in CASES if name not in CPU_FUSED_CASES)
 IMAGE_SIZES = {'a_wide': (120, 200), 'b_small': (64, 96), 'c_tall': (300, 150)}  # (h, w) of the test images
-_EXPORT_ROOT = []
+_EXPORT_ROOTS = {}  # config path -> root
 
 
 def _write_images(images_dir):
@@ -60,22 +63,23 @@ def _write_images(images_dir):
         cv2.imwrite(os.path.join(images_dir, f'{name}.png'), im)
 
 
-def export_root():
-    """Folder with images/ and, per case, `<case>/rtdetr_tiny/` (the export) and `<case>/reference.npz`.
+def export_root(cases=CASES, config=TINY_CFG):
+    """Folder with images/ and, per case of `cases` (exports of `config`), `<case>/<config name>/` (the export)
+    and `<case>/reference.npz`.
 
     Built on first use (about 30 s: the cases run side by side) and removed at exit.
     """
-    if _EXPORT_ROOT:
-        return _EXPORT_ROOT[0]
+    if config in _EXPORT_ROOTS:
+        return _EXPORT_ROOTS[config]
     root = tempfile.mkdtemp(prefix='rtdetr_export_')
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     _write_images(os.path.join(root, 'images'))
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     script = os.path.join(ROOT, 'tests', 'export', 'export_case.py')
     procs = {case: subprocess.Popen([sys.executable, script, os.path.join(root, case), os.path.join(root, 'images'),
-                                     '--', '-c', TINY_CFG] + args, env=env, stdout=subprocess.PIPE,
+                                     '--', '-c', config] + args, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
-             for case, args in CASES.items()}
+             for case, args in cases.items()}
     failures = []
     for case, proc in procs.items():
         log = proc.communicate()[0]
@@ -83,7 +87,7 @@ def export_root():
             failures.append(f'export case {case} failed:\n{log[-4000:]}')
     if failures:
         raise RuntimeError('\n'.join(failures))
-    _EXPORT_ROOT.append(root)
+    _EXPORT_ROOTS[config] = root
     return root
 
 
@@ -91,10 +95,11 @@ class ExportCase:
     """An exported folder and its dygraph reference (keys: see export_case.py)."""
 
     def __init__(self, name):
-        root = export_root()
+        config = MASK_CFG if name in MASK_CASES else TINY_CFG
+        root = export_root(MASK_CASES, MASK_CFG) if name in MASK_CASES else export_root()
         self.name = name
         self.images_dir = os.path.join(root, 'images')
-        self.model_dir = os.path.join(root, name, 'rtdetr_tiny')
+        self.model_dir = os.path.join(root, name, os.path.splitext(os.path.basename(config))[0])
         self.ref = dict(np.load(os.path.join(root, name, 'reference.npz')))
         self.sizes = [tuple(int(v) for v in s) for s in self.ref['sizes']]  # [0]: the export's default size
 
@@ -116,6 +121,15 @@ class ExportCase:
         k = len(bbox) // len(bbox_num)
         return bbox[:batch * k], bbox_num[:batch]
 
+    def ref_mask(self, batch, size=None):
+        """Dygraph masks [batch*K, H, W] of the first `batch` reference inputs at `size`, H x W the largest
+        original size of those images (the model's output for that batch)."""
+        bbox, bbox_num, mask = self.at('bbox', size), self.at('bbox_num', size), self.at('mask', size)
+        k = len(bbox) // len(bbox_num)
+        scale = self.at('scale_factor', size)[:batch]
+        hw = np.floor(np.array(size or self.sizes[0], 'float32') / scale + 0.5).astype(int).max(0)
+        return mask[:batch * k, :hw[0], :hw[1]]
+
 
 def load_deploy_module(relpath, name):
     """Import deploy/<relpath> under `name` (the deploy scripts are not a package; deploy/python holds their
@@ -129,23 +143,44 @@ def load_deploy_module(relpath, name):
     return module
 
 
-def assert_same_detections(got, want, rtol=1e-3, score_tol=1e-4, what=''):
+def match_detections(got, want, rtol=1e-3, score_tol=1e-4, what=''):
     """Rows (class, score, x1, y1, x2, y2) equal up to the order of near-tied scores.
 
     Every reference row needs its own row in `got` with the same class, a score within score_tol and a box
-    within rtol (relative, with an absolute floor of rtol * the largest coordinate). Returns the max box error.
+    within rtol (relative, with an absolute floor of rtol * the largest coordinate). Returns (the index in
+    `got` of each reference row's match, the max box error).
     """
     assert got.shape == want.shape, f'{what}: shape {got.shape} != {want.shape}'
     atol = rtol * max(1.0, float(np.abs(want[:, 2:]).max()))
-    used, worst = set(), 0.0
+    used, order, worst = set(), [], 0.0
     for i, row in enumerate(want):
         match = [j for j in range(len(got)) if j not in used and got[j, 0] == row[0]
                  and abs(got[j, 1] - row[1]) <= score_tol and np.allclose(got[j, 2:], row[2:], rtol=rtol, atol=atol)]
         nearest = got[np.argmin(np.abs(got[:, 1] - row[1]))]
         assert match, f'{what}: reference row {i} {row.tolist()} has no match (nearest score: {nearest.tolist()})'
         used.add(match[0])
+        order.append(match[0])
         worst = max(worst, float(np.abs(got[match[0], 2:] - row[2:]).max()))
-    return worst
+    return order, worst
+
+
+def assert_same_detections(got, want, rtol=1e-3, score_tol=1e-4, what=''):
+    """`match_detections` without the matching: returns the max box error."""
+    return match_detections(got, want, rtol, score_tol, what)[1]
+
+
+def assert_same_masks(got, want, min_iou=0.99, what=''):
+    """Binary masks [K, H, W] equal pairwise: the same shape, and each pair exactly equal or with IoU >= min_iou
+    (an engine's bilinear arithmetic may flip a pixel whose logit is within rounding of the threshold); the
+    reference must hold some mask pixels, so that the test can fail. Returns the number of differing pixels."""
+    assert got.shape == want.shape, f'{what}: masks {got.shape} != {want.shape}'
+    assert want.sum() > 0, f'{what}: the reference masks are all empty'
+    got, want = got.astype(bool), want.astype(bool)
+    for i, (g, w) in enumerate(zip(got, want)):
+        union = int((g | w).sum())
+        iou = (g & w).sum() / union if union else 1.0
+        assert iou >= min_iou, f'{what}: mask {i} IoU {iou:.4f} < {min_iou} ({int((g ^ w).sum())} pixels differ)'
+    return int((got ^ want).sum())
 
 
 # fixtures shared by the tests of tests/deploy and tests/export (imported there by name)
