@@ -355,7 +355,7 @@ def export_onnx(model_dir, save_file=None, opset_version=16):
         raise RuntimeError(f'paddle2onnx did not convert {model_file} (see its log above)')
     model = onnx.load(save_file)
     if infer_cfg:  # a detector folder (tools/export_model.py): the contract's axis names too
-        clean_onnx_model(model, bool(infer_cfg.get('exclude_post_process', False)))
+        clean_onnx_model(model, bool(infer_cfg.get('exclude_post_process', False)), bool(infer_cfg.get('mask', False)))
     else:  # any other paddle.jit.save folder: only what nothing reads goes
         remove_dead_nodes(model.graph)
     onnx.save(model, save_file)

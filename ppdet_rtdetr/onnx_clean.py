@@ -9,11 +9,15 @@ module renames the axes of the exported contract and drops what nothing reads; t
 Axis names (the contract of ppdet_rtdetr/export.py):
 - `batch`: axis 0 of every input, of `bbox_num` [b] and of the raw outputs (boxes [b, n, 4], logits [b, n, k]);
 - `height` / `width`: axes 2 / 3 of `image` when the export takes any size (fixed sizes stay numbers);
-- `num_boxes`: axis 0 of `bbox` [b*K, 6] (K = num_top_queries rows per image; ONNX has no product of symbols).
+- `num_boxes`: axis 0 of `bbox` [b*K, 6] (K = num_top_queries rows per image; ONNX has no product of symbols);
+- `mask_height` / `mask_width`: axes 1 / 2 of a Mask-RT-DETR export's `mask` [b*K, H, W] (the batch's largest
+  original image size), whose axis 0 is `num_boxes` too.
 """
-__all__ = ['BATCH', 'HEIGHT', 'WIDTH', 'NUM_BOXES', 'contract_axis_names', 'remove_dead_nodes', 'clean_onnx_model']
+__all__ = ['BATCH', 'HEIGHT', 'WIDTH', 'NUM_BOXES', 'MASK_HEIGHT', 'MASK_WIDTH', 'contract_axis_names',
+           'remove_dead_nodes', 'clean_onnx_model']
 
 BATCH, HEIGHT, WIDTH, NUM_BOXES = 'batch', 'height', 'width', 'num_boxes'
+MASK_HEIGHT, MASK_WIDTH = 'mask_height', 'mask_width'
 
 
 def _subgraph_reads(node):
@@ -57,14 +61,15 @@ def remove_dead_nodes(graph):
     return removed_nodes, len(unused)
 
 
-def contract_axis_names(input_names, raw):
+def contract_axis_names(input_names, raw, mask=False):
     """{value name: [axis name or None per axis]} for the exported contract's inputs and outputs.
 
     Args:
         input_names (list[str]): the graph's inputs (`image`, then `im_shape` / `scale_factor` unless raw).
         raw (bool): an exclude_post_process export (outputs boxes [b, n, 4] and logits [b, n, k]).
+        mask (bool): a Mask-RT-DETR export: a third output, `mask` [b*K, H, W].
     Returns:
-        dict: inputs by name, outputs by position ('output:0', 'output:1'); None keeps an axis as it is.
+        dict: inputs by name, outputs by position ('output:0', 'output:1', 'output:2'); None keeps an axis as it is.
         Raises ValueError for an input that is not one of the contract's.
     """
     unknown = set(input_names) - ({'image'} if raw else {'image', 'im_shape', 'scale_factor'})
@@ -74,6 +79,8 @@ def contract_axis_names(input_names, raw):
     names = {name: [BATCH, None, HEIGHT, WIDTH] if name == 'image' else [BATCH, None] for name in input_names}
     names['output:0'] = [BATCH, None, None] if raw else [NUM_BOXES, None]
     names['output:1'] = [BATCH, None, None] if raw else [BATCH]
+    if mask:
+        names['output:2'] = [NUM_BOXES, MASK_HEIGHT, MASK_WIDTH]
     return names
 
 
@@ -87,22 +94,23 @@ def _rename_axes(value, axis_names, where):
             dim.dim_param = name
 
 
-def clean_onnx_model(model, raw):
+def clean_onnx_model(model, raw, mask=False):
     """Rename the contract's symbolic axes and remove dead nodes / initializers of `model` (an onnx.ModelProto),
     in place.
 
     Args:
         raw (bool): the export has raw outputs (exclude_post_process in its infer_cfg.yml).
+        mask (bool): a Mask-RT-DETR export (`mask: true` in its infer_cfg.yml): bbox, bbox_num and mask.
     Returns:
         the model. Raises ValueError naming the value when an input or output has another rank than the
-        contract's, or the model lacks the contract's two outputs.
+        contract's, or the model lacks the contract's outputs.
     """
     graph = model.graph
-    if len(graph.output) != 2:
-        raise ValueError(f'the export contract has 2 outputs (bbox, bbox_num or boxes, logits), the ONNX graph has '
-                         f'{[o.name for o in graph.output]}')
+    expected = '3 outputs (bbox, bbox_num, mask)' if mask else '2 outputs (bbox, bbox_num or boxes, logits)'
+    if len(graph.output) != (3 if mask else 2):
+        raise ValueError(f'the export contract has {expected}, the ONNX graph has {[o.name for o in graph.output]}')
     remove_dead_nodes(graph)
-    names = contract_axis_names([i.name for i in graph.input], raw)
+    names = contract_axis_names([i.name for i in graph.input], raw, mask)
     for value in graph.input:
         _rename_axes(value, names[value.name], 'input')
     for i, value in enumerate(graph.output):

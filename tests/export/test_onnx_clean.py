@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers.export_utils import DYNAMIC_CASES, ONNX_CASES, RAW_CASES, ExportCase
+from helpers.export_utils import DYNAMIC_CASES, MASK_CASES, ONNX_CASES, RAW_CASES, ExportCase
 
 onnx = pytest.importorskip('onnx', reason='onnx is not installed (comes with paddle2onnx)')
 from onnx import TensorProto, helper  # noqa: E402
@@ -25,7 +25,7 @@ def _dims(value):
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
-@pytest.fixture(scope='module', params=list(ONNX_CASES))
+@pytest.fixture(scope='module', params=list(ONNX_CASES) + list(MASK_CASES))
 def onnx_file(request):
     case = ExportCase(request.param)
     path = os.path.join(case.model_dir, 'model.onnx')
@@ -43,9 +43,12 @@ def test_export_passes_full_check_and_strict_shape_inference(onnx_file):
     raw = case.name in RAW_CASES
     want_inputs = [['batch', 3, h, w]] + ([] if raw else [['batch', 2], ['batch', 2]])
     assert [_dims(i) for i in model.graph.input] == want_inputs, case.name
-    k = int(case.ref['logits@%dx%d' % case.sizes[0]].shape[-1])
-    n = int(case.ref['boxes@%dx%d' % case.sizes[0]].shape[1])
-    want_outputs = [['batch', n, 4], ['batch', n, k]] if raw else [['num_boxes', 6], ['batch']]
+    if case.name in MASK_CASES:  # Mask-RT-DETR: a third output, mask [b*K, H, W] at the largest original size
+        want_outputs = [['num_boxes', 6], ['batch'], ['num_boxes', 'mask_height', 'mask_width']]
+    else:
+        k = int(case.ref['logits@%dx%d' % case.sizes[0]].shape[-1])
+        n = int(case.ref['boxes@%dx%d' % case.sizes[0]].shape[1])
+        want_outputs = [['batch', n, 4], ['batch', n, k]] if raw else [['num_boxes', 6], ['batch']]
     for graph in (model.graph, inferred.graph):
         assert [_dims(o) for o in graph.output] == want_outputs, case.name
 
