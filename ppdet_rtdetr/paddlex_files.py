@@ -15,26 +15,31 @@ from ppdet.utils.logger import setup_logger
 
 logger = setup_logger(__name__)
 
-__all__ = ['PADDLEX_MODEL_NAMES', 'DEFAULT_PADDLEX_MODEL_NAME', 'paddlex_model_name', 'write_paddlex_files']
+__all__ = ['PADDLEX_MODEL_NAMES', 'PADDLEX_MASK_MODEL_NAMES', 'DEFAULT_PADDLEX_MODEL_NAME',
+           'DEFAULT_PADDLEX_MASK_MODEL_NAME', 'paddlex_model_name', 'write_paddlex_files']
 
 # (backbone class, its size option) -> the PaddleX model of that architecture (PaddleX 3.7.2's detection zoo)
 PADDLEX_MODEL_NAMES = {
     ('RTDETRResNet', 18): 'RT-DETR-R18', ('RTDETRResNet', 50): 'RT-DETR-R50',
     ('RTDETRHGNetV2', 'L'): 'RT-DETR-L', ('RTDETRHGNetV2', 'H'): 'RT-DETR-H', ('RTDETRHGNetV2', 'X'): 'RT-DETR-X',
 }
+# Mask-RT-DETR (`with_mask: True`): PaddleX's instance-segmentation models of the five sizes
+PADDLEX_MASK_MODEL_NAMES = {('RTDETRHGNetV2', arch): 'Mask-RT-DETR-' + arch for arch in 'SMLXH'}
 # every PaddleX RT-DETR model runs the same predictor on what inference.yml says: the name only has to be one
-# PaddleX knows
+# PaddleX knows (of the detection models, or of the instance-segmentation ones for a mask export)
 DEFAULT_PADDLEX_MODEL_NAME = 'RT-DETR-R50'
+DEFAULT_PADDLEX_MASK_MODEL_NAME = 'Mask-RT-DETR-L'
 _SIZE_OPTION = {'RTDETRResNet': 'depth', 'RTDETRHGNetV2': 'arch'}
 
 
 def paddlex_model_name(cfg):
-    """The PaddleX model name of config `cfg`: `export.paddlex_model_name` if set, else from its backbone.
+    """The PaddleX model name of config `cfg`: `export.paddlex_model_name` if set, else from its backbone (and
+    `with_mask`: Mask-RT-DETR is one of PaddleX's instance-segmentation models).
 
     Returns:
         str. A backbone PaddleX has no model of (e.g. R34vd, Swin, FocalNet; R50vd-m counts as R50) gives
-        DEFAULT_PADDLEX_MODEL_NAME with a warning naming the override. ValueError for an override that is not
-        a non-empty string.
+        DEFAULT_PADDLEX_MODEL_NAME (DEFAULT_PADDLEX_MASK_MODEL_NAME with masks) with a warning naming the
+        override. ValueError for an override that is not a non-empty string.
     """
     name = (cfg.get('export') or {}).get('paddlex_model_name')
     if name is not None:
@@ -45,12 +50,15 @@ def paddlex_model_name(cfg):
     backbone = (cfg.get(cfg.architecture) or {}).get('backbone')
     option = _SIZE_OPTION.get(backbone)
     size = (cfg.get(backbone) or {}).get(option) if option else None
-    name = PADDLEX_MODEL_NAMES.get((backbone, size))
+    masks = bool(cfg.get('with_mask'))
+    names, default = ((PADDLEX_MASK_MODEL_NAMES, DEFAULT_PADDLEX_MASK_MODEL_NAME) if masks else
+                      (PADDLEX_MODEL_NAMES, DEFAULT_PADDLEX_MODEL_NAME))
+    name = names.get((backbone, size))
     if name is None:
-        logger.warning(f"PaddleX has no model of backbone {backbone} ({option or 'size'}={size}): inference.yml "
-                       f"names {DEFAULT_PADDLEX_MODEL_NAME} (PaddleX runs every RT-DETR name the same way); set "
-                       "-o export.paddlex_model_name=<name> to choose another")
-        name = DEFAULT_PADDLEX_MODEL_NAME
+        logger.warning(f"PaddleX has no {'Mask-RT-DETR' if masks else 'RT-DETR'} model of backbone {backbone} "
+                       f"({option or 'size'}={size}): inference.yml names {default} (PaddleX runs every "
+                       "RT-DETR name the same way); set -o export.paddlex_model_name=<name> to choose another")
+        name = default
     return name
 
 

@@ -14,6 +14,12 @@ CONFIGS = os.path.join(ROOT, 'configs')
     ('rtdetr/rtdetr_r18vd_6x_coco.yml', 'RT-DETR-R18'), ('rtdetr/rtdetr_r50vd_6x_coco.yml', 'RT-DETR-R50'),
     ('rtdetr/rtdetr_hgnetv2_l_6x_coco.yml', 'RT-DETR-L'), ('rtdetr/rtdetr_hgnetv2_h_6x_coco.yml', 'RT-DETR-H'),
     ('rtdetr/rtdetr_hgnetv2_x_6x_coco.yml', 'RT-DETR-X'), ('rtdetrv2/rtdetrv2_r18vd_120e_coco.yml', 'RT-DETR-R18'),
+    # Mask-RT-DETR: PaddleX's instance-segmentation models
+    ('mask_rtdetr/mask_rtdetr_hgnetv2_s_6x_coco.yml', 'Mask-RT-DETR-S'),
+    ('mask_rtdetr/mask_rtdetr_hgnetv2_m_6x_coco.yml', 'Mask-RT-DETR-M'),
+    ('mask_rtdetr/mask_rtdetr_hgnetv2_l_6x_coco.yml', 'Mask-RT-DETR-L'),
+    ('mask_rtdetr/mask_rtdetr_hgnetv2_x_6x_coco.yml', 'Mask-RT-DETR-X'),
+    ('mask_rtdetr/mask_rtdetr_hgnetv2_h_6x_coco.yml', 'Mask-RT-DETR-H'),
 ])
 def test_backbone_gives_the_paddlex_model(config, name):
     assert paddlex_model_name(fresh_config(os.path.join(CONFIGS, config))) == name
@@ -24,7 +30,7 @@ def test_unknown_backbone_warns_and_takes_the_default(monkeypatch):
     monkeypatch.setattr(paddlex_files.logger, 'warning', warnings.append)
     cfg = fresh_config(os.path.join(CONFIGS, 'rtdetr', 'rtdetr_r34vd_6x_coco.yml'))
     assert paddlex_model_name(cfg) == DEFAULT_PADDLEX_MODEL_NAME == 'RT-DETR-R50'
-    assert warnings == ['PaddleX has no model of backbone RTDETRResNet (depth=34): inference.yml names RT-DETR-R50 '
+    assert warnings == ['PaddleX has no RT-DETR model of backbone RTDETRResNet (depth=34): inference.yml names RT-DETR-R50 '
                         '(PaddleX runs every RT-DETR name the same way); set -o export.paddlex_model_name=<name> to '
                         'choose another']
 
