@@ -113,3 +113,43 @@ def test_paddlex_cli_pipeline_matches_deploy_python(name, paddlex_python, ours, 
     rows = np.array([[b['cls_id'], b['score']] + b['coordinate'] for b in boxes], 'float32')
     assert_same_detections(rows, ours[name][0], rtol=1e-4, what=f'paddlex --pipeline on {name}')
     assert os.path.isfile(tmp_path / 'out' / f'{stem}_res.png')  # drawn with the local font, offline
+
+
+MASK_RUNNER = """
+import json, sys
+import numpy as np
+import paddlex
+model = paddlex.create_model(model_name=sys.argv[3], model_dir=sys.argv[2], device='cpu')
+result = next(iter(model.predict(sys.argv[1], threshold=0.0)))
+rows = [[b['cls_id'], b['score']] + [float(v) for v in b['coordinate']] for b in result['boxes']]
+np.savez(sys.argv[4], rows=np.array(rows, 'float32'), **{f'mask{i}': m for i, m in enumerate(result['masks'])})
+"""
+
+
+def test_mask_export_runs_as_paddlex_instance_segmentation(paddlex_python, paddle_infer, tmp_path):
+    """A Mask-RT-DETR export is one of PaddleX's instance-segmentation models (inference.yml names
+    Mask-RT-DETR-<size>): its boxes are deploy/python's, and each mask is deploy/python's full-image mask cropped
+    to the box as PaddleX crops it (coordinates rounded). With the test model's random weights the mask pixels lie
+    outside the boxes, so the crops are compared for their shapes and (empty) contents; the masks themselves equal
+    dygraph's in every engine (tests/export/test_mask_engines.py)."""
+    case = ExportCase('mask_fixed')
+    with open(os.path.join(case.model_dir, 'inference.yml')) as f:
+        model_name = yaml.safe_load(f)['Global']['model_name']
+    assert model_name.startswith('Mask-RT-DETR-'), model_name
+    path = os.path.join(case.images_dir, IMAGE)
+    image = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+    (rows, masks), = paddle_infer.PaddleDetector(case.model_dir, cpu_threads=1).predict_instances([image])
+    proc = subprocess.run([paddlex_python, '-c', MASK_RUNNER, path, case.model_dir, model_name,
+                           str(tmp_path / 'paddlex.npz')], capture_output=True, text=True, env=_env(paddlex_python))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(tmp_path / 'paddlex.npz')
+    keep = (rows[:, 1] > 0) & (rows[:, 0] > -1)  # PaddleX's threshold 0 and padding rows
+    assert_same_detections(got['rows'], _paddlex_view(rows[keep], image.shape[:2]), rtol=1e-4,
+                           what='PaddleX instance segmentation')
+    assert masks.sum() > 0, 'our export drew no mask pixel at all'
+    assert len(got.files) == 1 + len(got['rows'])
+    for i, row in enumerate(got['rows']):
+        # the same detection of ours (boxes equal as checked above), its mask cropped as PaddleX does
+        j = int(np.argmin(np.abs(rows[:, 1:] - row[1:]).sum(1)))
+        x1, y1, x2, y2 = (int(round(float(v))) for v in row[2:])
+        np.testing.assert_array_equal(got[f'mask{i}'], masks[j][y1:y2, x1:x2], err_msg=f'mask {i}')
