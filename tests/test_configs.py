@@ -39,7 +39,8 @@ def _part(layout, prefix, keep=True):
 def test_every_config_is_found():
     names = {os.path.basename(p) for p in LEAVES}
     for want in ('rtdetr_r18vd_6x_coco.yml', 'rtdetr_r34vd_6x_coco.yml', 'rtdetr_r50vd_m_6x_coco.yml',
-                 'rtdetr_r50vd_6x_coco.yml', 'rtdetr_r101vd_6x_coco.yml', 'rtdetr_tiny.yml'):
+                 'rtdetr_r50vd_6x_coco.yml', 'rtdetr_r101vd_6x_coco.yml', 'rtdetr_tiny.yml',
+                 'mask_rtdetr_hgnetv2_s_6x_coco.yml', 'mask_rtdetr_hgnetv2_h_6x_coco.yml', 'mask_rtdetr_tiny.yml'):
         assert want in names
 
 
@@ -61,12 +62,15 @@ def test_config_builds_on_cpu(path):
     cfg, model = _build_layout_only(path)
     assert cfg['architecture'] == 'RTDETRDetector', f'{path}: architecture {cfg["architecture"]}'
     # the config's values reach the modules that use them
-    transformer, dec = model.transformer, cfg['RTDETRDeformableTransformer']
+    transformer = model.transformer
+    dec = cfg[type(transformer).__name__]
     got = (transformer.num_classes, model.post_process.num_classes, transformer.hidden_dim,
            len(transformer.decoder.layers), transformer.num_queries)
     want = (cfg.num_classes, cfg.num_classes, cfg.hidden_dim, dec['num_decoder_layers'], dec['num_queries'])
     assert got == want, f'{path}: (num_classes x2, hidden_dim, decoder layers, queries) {got}, config {want}'
-    assert tuple(transformer.dec_score_head[0].weight.shape) == (cfg.hidden_dim, cfg.num_classes)
+    score_head = transformer.score_head if model.with_mask else transformer.dec_score_head[0]
+    assert tuple(score_head.weight.shape) == (cfg.hidden_dim, cfg.num_classes)
+    assert model.with_mask == (type(transformer).__name__ == 'RTDETRMaskTransformer'), path
 
 
 def test_no_config_sets_find_unused_parameters():
@@ -84,6 +88,14 @@ def test_no_config_sets_find_unused_parameters():
 def test_official_layouts(config, ref):
     got = model_layout(build_from_config(os.path.join(ROOT, 'configs', 'rtdetr', config)))
     want = reference_layout(ref)
+    assert got == want, _diff(got, want)
+
+
+@pytest.mark.parametrize('size', ['s', 'm', 'l', 'x', 'h'])
+def test_mask_rtdetr_layouts(size):
+    got = model_layout(_build_layout_only(os.path.join(ROOT, 'configs', 'mask_rtdetr',
+                                                      f'mask_rtdetr_hgnetv2_{size}_6x_coco.yml'))[1])
+    want = reference_layout(f'mask_rtdetr_hgnetv2_{size}_keys.txt')
     assert got == want, _diff(got, want)
 
 

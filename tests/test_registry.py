@@ -10,6 +10,10 @@ OURS = ['RTDETRDetector', 'RTDETRResNet', 'RTDETRHGNetV2', 'RTDETRHybridEncoder'
         'RTDETRHead', 'RTDETRCriterion', 'RTDETRHungarianMatcher', 'RTDETRPostProcess', 'RTDETRCOCODataSet',
         'RTDETRTrainReader', 'RTDETROptimizerBuilder', 'RTDETRSwinTransformer', 'RTDETRFocalNet']
 
+# Mask-RT-DETR's model modules and the official names of their counterparts
+NEWER_PPDET_NAMES += ['MaskRTDETR', 'MaskDINOHead']
+OURS += ['RTDETRMaskHybridEncoder', 'RTDETRMaskTransformer', 'RTDETRMaskHead', 'RTDETRMaskPostProcess']
+
 
 def test_import_next_to_a_ppdet_that_has_the_official_names():
     code = textwrap.dedent(f'''

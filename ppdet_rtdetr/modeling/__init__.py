@@ -10,3 +10,7 @@ from . import matcher  # noqa: F401
 from . import criterion  # noqa: F401
 from . import swin  # noqa: F401
 from . import focalnet  # noqa: F401
+from . import mask_encoder  # noqa: F401
+from . import mask_transformer  # noqa: F401
+from . import mask_head  # noqa: F401
+from . import mask_postprocess  # noqa: F401

@@ -14,7 +14,8 @@ import paddle.nn.functional as F
 
 from .box_ops import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
 
-__all__ = ['denoising_group_sizes', 'denoising_attn_mask', 'get_contrastive_denoising_training_group']
+__all__ = ['denoising_group_sizes', 'denoising_attn_mask', 'get_contrastive_denoising_training_group',
+           'get_denoising_training_group']
 
 
 def denoising_group_sizes(num_gts, num_denoising):
@@ -23,17 +24,19 @@ def denoising_group_sizes(num_gts, num_denoising):
     return g, max(num_denoising // g, 1)
 
 
-def denoising_attn_mask(g, num_group, num_queries):
-    """Boolean [t, t] mask, t = 2*g*num_group + num_queries; True = may attend.
+def denoising_attn_mask(g, num_group, num_queries, group_size=None):
+    """Boolean [t, t] mask, t = group_size*num_group + num_queries; True = may attend.
 
     Matching queries cannot see denoising queries (they would leak the ground truth), and each denoising
-    group sees only itself; every query sees all matching queries.
+    group sees only itself; every query sees all matching queries. A group holds `group_size` queries: 2*g
+    (positive and negative copies, the default) or g (non-contrastive denoising).
     """
-    num_dn = 2 * g * num_group
+    group_size = 2 * g if group_size is None else group_size
+    num_dn = group_size * num_group
     t = num_dn + num_queries
     idx = paddle.arange(t)
     # group id of each query: 0..num_group-1 for denoising, num_group for the matching part
-    group = paddle.where(idx < num_dn, idx // (2 * g), paddle.full_like(idx, num_group))
+    group = paddle.where(idx < num_dn, idx // group_size, paddle.full_like(idx, num_group))
     same_group = group.unsqueeze(1) == group.unsqueeze(0)
     key_is_matching = (idx >= num_dn).unsqueeze(0).expand([t, t])
     return paddle.logical_or(same_group, key_is_matching)
@@ -104,6 +107,65 @@ def get_contrastive_denoising_training_group(gt_class, gt_bbox, num_classes, num
     # [b*num_dn] -> [b, num_dn, c]
     dn_embed = F.embedding(dn_class.flatten(), embed).reshape([b, num_dn, c])
     attn_mask = denoising_attn_mask(g, num_group, num_queries)
+    dn_meta = {'dn_positive_idx': dn_positive_idx, 'dn_num_group': num_group,
+               'dn_num_split': [num_dn, num_queries]}
+    return dn_embed, dn_bbox_unact, attn_mask, dn_meta
+
+
+def get_denoising_training_group(gt_class, gt_bbox, num_classes, num_queries, class_embed, num_denoising=100,
+                                 label_noise_ratio=0.5, box_noise_scale=1.0):
+    """Non-contrastive (DN-DETR) denoising queries of Mask-RT-DETR: each group holds only the g positive copies.
+
+    Labels flip to a random class with probability label_noise_ratio / 2; each box side moves by up to
+    box_noise_scale half-sizes (centre) or sizes (width, height), without clipping, as the official
+    ``get_denoising_training_group`` (ppdet/modeling/transformers/utils.py). The random numbers are drawn with the
+    official shapes, dtypes and order (``rand`` [b * num_dn] for the flips, ``randint_like`` over the flipped
+    entries, ``rand`` [b, num_dn, 4] for the boxes), so that under the same ``paddle.seed`` both give the same
+    queries. A batch without any box gets one group of padding queries instead of none (see the module
+    docstring; the official code skips denoising there).
+
+    Args and Returns: as `get_contrastive_denoising_training_group`, with num_dn = g * num_group and
+    dn_positive_idx the indices of the real (non-padding) queries.
+    """
+    if num_denoising <= 0:
+        return None, None, None, None
+    num_gts = [int(c.shape[0]) for c in gt_class]
+    b = len(num_gts)
+    g, num_group = denoising_group_sizes(num_gts, num_denoising)
+    c = class_embed.shape[-1]
+    num_dn = g * num_group
+
+    cls_rows, box_rows, valid_rows = [], [], []
+    for labels, boxes, n in zip(gt_class, gt_bbox, num_gts):
+        cls_rows.append(paddle.concat([labels.reshape([-1]).astype('int64'),
+                                       paddle.full([g - n], num_classes, 'int64')]))
+        box_rows.append(paddle.concat([boxes.reshape([-1, 4]).astype(class_embed.dtype),
+                                       paddle.zeros([g - n, 4], class_embed.dtype)]))
+        valid_rows.append(paddle.arange(g) < n)
+    # [b, g] -> [b, g * num_group]
+    dn_class = paddle.stack(cls_rows).tile([1, num_group])
+    dn_bbox = paddle.stack(box_rows).tile([1, num_group, 1])
+    valid = paddle.stack(valid_rows).tile([1, num_group])
+    dn_positive_idx = [paddle.nonzero(valid[i]).flatten().astype('int64') for i in range(b)]
+
+    if label_noise_ratio > 0:
+        flat_class = dn_class.flatten()  # [b * num_dn]
+        flip = paddle.logical_and(paddle.rand(flat_class.shape) < label_noise_ratio * 0.5, valid.flatten())
+        chosen = paddle.nonzero(flip).flatten()
+        new_class = paddle.randint_like(chosen, 0, num_classes, dtype='int32')  # the official dtype
+        dn_class = paddle.scatter(flat_class, chosen, new_class.astype('int64')).reshape([b, num_dn])
+
+    if box_noise_scale > 0:
+        # [b, num_dn, 4]: centre by up to half the size, size by up to the size
+        diff = paddle.concat([dn_bbox[..., 2:] * 0.5, dn_bbox[..., 2:]], axis=-1) * box_noise_scale
+        diff = diff * (paddle.rand(dn_bbox.shape).astype(dn_bbox.dtype) * 2.0 - 1.0)
+        dn_bbox = dn_bbox + diff
+    dn_bbox_unact = inverse_sigmoid(dn_bbox)
+
+    embed = paddle.concat([class_embed, paddle.zeros([1, c], class_embed.dtype)])
+    # [b*num_dn] -> [b, num_dn, c]
+    dn_embed = F.embedding(dn_class.flatten(), embed).reshape([b, num_dn, c])
+    attn_mask = denoising_attn_mask(g, num_group, num_queries, group_size=g)
     dn_meta = {'dn_positive_idx': dn_positive_idx, 'dn_num_group': num_group,
                'dn_num_split': [num_dn, num_queries]}
     return dn_embed, dn_bbox_unact, attn_mask, dn_meta

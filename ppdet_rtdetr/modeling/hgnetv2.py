@@ -1,4 +1,5 @@
-"""PP-HGNetV2 backbone for RT-DETR-L / -X / -H, with the parameter names of ppdet's ``PPHGNetV2``.
+"""PP-HGNetV2 backbone for RT-DETR-L / -X / -H and Mask-RT-DETR-S / -M / -L / -X / -H, with the parameter names
+of ppdet's ``PPHGNetV2``.
 
 paddledet 2.6.0 has no PP-HGNetV2, and newer PaddleDetection registers ``PPHGNetV2``, so this is our
 own class under another registry name. Attribute names (``stem.stem2a.bn``, ``stages.2.downsample``,
@@ -39,9 +40,16 @@ class _StageCfg(NamedTuple):
 
 
 # Copied as numbers from PaddleDetection's PPHGNetV2.arch_configs (develop, ppdet/modeling/backbones/
-# hgnet_v2.py). L and X are checked against the official RT-DETR state dicts; H has no reference
-# state dict here.
+# hgnet_v2.py). All five are checked against the official (Mask-)RT-DETR state dicts' names and shapes.
 _ARCH_CFG = {
+    'S': ((3, 24, 32), (_StageCfg(32, 32, 64, 1, False, False, 3, 3),
+                        _StageCfg(64, 48, 256, 1, True, False, 3, 3),
+                        _StageCfg(256, 96, 512, 2, True, True, 5, 3),
+                        _StageCfg(512, 192, 1024, 1, True, True, 5, 3))),
+    'M': ((3, 24, 32), (_StageCfg(32, 32, 96, 1, False, False, 3, 4),
+                        _StageCfg(96, 64, 384, 1, True, False, 3, 4),
+                        _StageCfg(384, 128, 768, 3, True, True, 5, 4),
+                        _StageCfg(768, 256, 1536, 1, True, True, 5, 4))),
     'L': ((3, 32, 48), (_StageCfg(48, 48, 128, 1, False, False, 3, 6),
                         _StageCfg(128, 96, 512, 1, True, False, 3, 6),
                         _StageCfg(512, 192, 1024, 3, True, True, 5, 6),
@@ -224,21 +232,25 @@ class _HGStage(nn.Layer):
 @register
 @serializable
 class RTDETRHGNetV2(nn.Layer):
-    """PP-HGNetV2 backbone of RT-DETR-L / -X / -H (ppdet ``PPHGNetV2`` names and defaults).
+    """PP-HGNetV2 backbone of (Mask-)RT-DETR (ppdet ``PPHGNetV2`` names and defaults).
 
     Stage configurations come from PaddleDetection develop, ppdet/modeling/backbones/hgnet_v2.py
     (``PPHGNetV2.arch_configs``); stem channels (in, mid, out) and per stage
     (in, mid, out, blocks, downsample, light, kernel):
+        S: stem (3, 24, 32); (32, 32, 64, 1, no, no, 3), (64, 48, 256, 1, yes, no, 3),
+           (256, 96, 512, 2, yes, yes, 5), (512, 192, 1024, 1, yes, yes, 5); 3 layers per HG block
+        M: stem (3, 24, 32); (32, 32, 96, 1, no, no, 3), (96, 64, 384, 1, yes, no, 3),
+           (384, 128, 768, 3, yes, yes, 5), (768, 256, 1536, 1, yes, yes, 5); 4 layers per HG block
         L: stem (3, 32, 48); (48, 48, 128, 1, no, no, 3), (128, 96, 512, 1, yes, no, 3),
            (512, 192, 1024, 3, yes, yes, 5), (1024, 384, 2048, 1, yes, yes, 5)
         X: stem (3, 32, 64); (64, 64, 128, 1, no, no, 3), (128, 128, 512, 2, yes, no, 3),
            (512, 256, 1024, 5, yes, yes, 5), (1024, 512, 2048, 2, yes, yes, 5)
         H: stem (3, 48, 96); (96, 96, 192, 2, no, no, 3), (192, 192, 512, 3, yes, no, 3),
            (512, 384, 1024, 6, yes, yes, 5), (1024, 768, 2048, 3, yes, yes, 5)
-    Every HG block has 6 layers.
+    Every HG block of L / X / H has 6 layers.
 
     Args:
-        arch (str): 'L', 'X' or 'H'.
+        arch (str): 'S', 'M', 'L', 'X' or 'H'.
         use_lab (bool): add a LearnableAffine (scalar scale * x + bias, at 1% of the stage's learning
             rate) after every activation. The official RT-DETR configs leave it off.
         lr_mult_list (list[float]): 5 learning-rate multipliers, for the stem and stages 0..3; they
@@ -255,8 +267,9 @@ class RTDETRHGNetV2(nn.Layer):
     Returns:
         list[Tensor]: ``forward(inputs)`` takes ``inputs['image']`` of shape [b, 3, h, w] and returns
         one feature map per ``return_idx`` entry, [b, c_i, h_i, w_i] with strides s_i in
-        (4, 8, 16, 32), h_i = ceil(h / s_i) (likewise w), and c_i = (128, 512, 1024, 2048) for L and X,
-        (192, 512, 1024, 2048) for H. ``out_shape`` lists the same channels and strides as ShapeSpec.
+        (4, 8, 16, 32), h_i = ceil(h / s_i) (likewise w), and c_i = (64, 256, 512, 1024) for S,
+        (96, 384, 768, 1536) for M, (128, 512, 1024, 2048) for L and X, (192, 512, 1024, 2048) for H.
+        ``out_shape`` lists the same channels and strides as ShapeSpec.
     """
 
     def __init__(self,

@@ -36,12 +36,20 @@ class RTDETRPostProcess(object):
         self.use_focal_loss = use_focal_loss
 
     def __call__(self, head_out, im_shape, scale_factor, pad_shape=None):
-        boxes, logits = head_out[0], head_out[1]
-        b = logits.shape[0]
+        labels, scores, boxes, _ = self._select(head_out[0], head_out[1], self._box_scale(im_shape, scale_factor))
+        return self._rows(labels, scores, boxes), paddle.full([boxes.shape[0]], self.num_top_queries, 'int32'), None
+
+    @staticmethod
+    def _box_scale(im_shape, scale_factor):
+        """[b, 1, 4] (w, h, w, h) of the original images, round(im_shape / scale_factor)."""
         origin_hw = paddle.floor(im_shape / scale_factor + 0.5)  # [b, 2]
         # [b, 2] (h, w) -> [b, 1, 4] (w, h, w, h)
-        scale = paddle.concat([origin_hw[:, 1:2], origin_hw[:, 0:1]] * 2, axis=-1).unsqueeze(1)
-        boxes = cxcywh_to_xyxy(boxes) * scale  # [b, n, 4]
+        return paddle.concat([origin_hw[:, 1:2], origin_hw[:, 0:1]] * 2, axis=-1).unsqueeze(1)
+
+    def _select(self, boxes, logits, box_scale):
+        """The top K (query, class) pairs: labels [b, K], scores [b, K], xyxy boxes [b, K, 4] times box_scale,
+        query indices [b, K]."""
+        boxes = cxcywh_to_xyxy(boxes) * box_scale  # [b, n, 4]
         scores = F.sigmoid(logits)
         k = scores.shape[-1]
         # [b, n, k] -> [b, n*k] -> top K: query = index // k, class = index % k
@@ -49,6 +57,10 @@ class RTDETRPostProcess(object):
         labels = index % k
         query = index // k
         boxes = paddle.take_along_axis(boxes, query.unsqueeze(-1), axis=1)  # [b, K, 4]
+        return labels, scores, boxes, query
+
+    @staticmethod
+    def _rows(labels, scores, boxes):
+        """[b*K, 6] float32 rows (class, score, x1, y1, x2, y2)."""
         bbox = paddle.concat([labels.unsqueeze(-1).astype(boxes.dtype), scores.unsqueeze(-1), boxes], axis=-1)
-        bbox_num = paddle.full([b], self.num_top_queries, dtype='int32')
-        return bbox.reshape([-1, 6]).astype('float32'), bbox_num, None
+        return bbox.reshape([-1, 6]).astype('float32')

@@ -14,9 +14,34 @@ from .denoising import get_contrastive_denoising_training_group
 from .layers import MLP, broadcast_multiply
 from .query_distinct import select_distinct
 
-__all__ = ['RTDETRDeformableTransformer']
+__all__ = ['RTDETRDeformableTransformer', 'build_input_proj', 'encoder_memory']
 
 QUERY_SELECT_METHODS = ('default', 'one2many', 'agnostic')
+
+
+def build_input_proj(channels, hidden_dim, num_levels):
+    """Projections of the encoder levels to `hidden_dim` (1x1 conv + BN); levels beyond `channels` come from 3x3
+    stride-2 convs (on the last input level, then on the previous extra level). Official names `{i}.conv/.norm`."""
+    input_proj = nn.LayerList()
+    norm_attr = dict(weight_attr=ParamAttr(regularizer=L2Decay(0.0)), bias_attr=ParamAttr(regularizer=L2Decay(0.0)))
+    for i in range(num_levels):
+        ch_in, k, s = (channels[i], 1, 1) if i < len(channels) else (
+            channels[-1] if i == len(channels) else hidden_dim, 3, 2)
+        input_proj.append(nn.Sequential(
+            ('conv', nn.Conv2D(ch_in, hidden_dim, k, s, padding=(k - 1) // 2, bias_attr=False)),
+            ('norm', nn.BatchNorm2D(hidden_dim, **norm_attr))))
+    return input_proj
+
+
+def encoder_memory(input_proj, feats):
+    """(memory [b, l, c], spatial_shapes [(h_i, w_i)]) of the projected levels, extra levels included."""
+    proj = [input_proj[i](f) for i, f in enumerate(feats)]
+    for i in range(len(feats), len(input_proj)):
+        proj.append(input_proj[i](feats[-1] if i == len(feats) else proj[-1]))
+    spatial_shapes = [tuple(p.shape[2:]) for p in proj]
+    # [b, c, h, w] -> [b, h*w, c] per level, concatenated: [b, l, c]
+    memory = paddle.concat([p.flatten(2).transpose([0, 2, 1]) for p in proj], axis=1)
+    return memory, spatial_shapes
 
 
 def _linear_init(layer, bias=None):
@@ -125,15 +150,7 @@ class RTDETRDeformableTransformer(nn.Layer):
             self.register_buffer('valid_mask', valid_mask, persistable=False)
 
     def _build_input_proj(self, channels):
-        self.input_proj = nn.LayerList()
-        norm_attr = dict(weight_attr=ParamAttr(regularizer=L2Decay(0.0)),
-                         bias_attr=ParamAttr(regularizer=L2Decay(0.0)))
-        for i in range(self.num_levels):
-            ch_in, k, s = (channels[i], 1, 1) if i < len(channels) else (
-                channels[-1] if i == len(channels) else self.hidden_dim, 3, 2)
-            self.input_proj.append(nn.Sequential(
-                ('conv', nn.Conv2D(ch_in, self.hidden_dim, k, s, padding=(k - 1) // 2, bias_attr=False)),
-                ('norm', nn.BatchNorm2D(self.hidden_dim, **norm_attr))))
+        self.input_proj = build_input_proj(channels, self.hidden_dim, self.num_levels)
 
     def _reset_parameters(self):
         # class-score bias so that the initial foreground probability is 0.01 (focal-loss prior)
@@ -163,13 +180,7 @@ class RTDETRDeformableTransformer(nn.Layer):
         return [(math.ceil(h / s), math.ceil(w / s)) for s in self.feat_strides]
 
     def _get_encoder_input(self, feats):
-        proj = [self.input_proj[i](f) for i, f in enumerate(feats)]
-        for i in range(len(feats), self.num_levels):
-            proj.append(self.input_proj[i](feats[-1] if i == len(feats) else proj[-1]))
-        spatial_shapes = [tuple(p.shape[2:]) for p in proj]
-        # [b, c, h, w] -> [b, h*w, c] per level, concatenated: [b, l, c]
-        memory = paddle.concat([p.flatten(2).transpose([0, 2, 1]) for p in proj], axis=1)
-        return memory, spatial_shapes
+        return encoder_memory(self.input_proj, feats)
 
     def _anchors(self, spatial_shapes, dtype):
         if not self.training and self.eval_size and [tuple(s) for s in self._eval_spatial_shapes()] == \

@@ -1,8 +1,8 @@
 """Read a config file with its `_BASE_` chain, tell whether it is an official RT-DETR(v2) config, translate it.
 
-An official config is one whose `architecture` is `DETR` with `transformer: RTDETRTransformer` or
-`RTDETRTransformerv2`, on a ppdet that does not register that transformer itself (a newer PaddleDetection
-does; then its own modules build the file as it is). Anything else is not touched.
+An official config is one whose `architecture` is `DETR` with `transformer: RTDETRTransformer`,
+`RTDETRTransformerv2` or `MaskRTDETR`, on a ppdet that does not register that transformer itself (a newer
+PaddleDetection does; then its own modules build the file as it is). Anything else is not touched.
 """
 import os
 

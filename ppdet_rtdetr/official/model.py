@@ -1,4 +1,5 @@
-"""Translate the model sections of an official RT-DETR(v2) config (`DETR` and the modules it names) to ours.
+"""Translate the model sections of an official RT-DETR(v2) / Mask-RT-DETR config (`DETR` and the modules it names)
+to ours.
 
 Works on the merged raw config (a dict, `_BASE_` chain applied) and never touches ppdet's registry or global
 config. The result names our modules as top-level sections, the way our own configs are written.
@@ -6,7 +7,7 @@ config. The result names our modules as top-level sections, the way our own conf
 from ppdet.core import workspace
 
 from .errors import OfficialConfigError
-from .names import ANY, BACKBONES, MODULES
+from .names import ANY, BACKBONES, MASK_POST_PROCESS, MODULES
 
 __all__ = ['translate_model']
 
@@ -28,13 +29,14 @@ def _resolve(raw, value, path, owner, key):
     raise OfficialConfigError(path, owner, key, f'expected a module name or {{name: ..., options}}, got {value!r}')
 
 
-def translate_section(raw, name, section, path):
-    """One official module section -> {our key: value}, following its `ModuleSpec` (see names.py).
+def translate_section(raw, name, section, path, spec=None):
+    """One official module section -> {our key: value}, following its `ModuleSpec` (see names.py; `spec` overrides
+    the table's entry for `name`).
 
     Injected sub-modules come back translated too: `encoder_layer` inline, the loss and matcher as extra
     top-level sections, returned in `extra` ({our module name: options}).
     """
-    spec = MODULES.get(name)
+    spec = spec or MODULES.get(name)
     if spec is None:
         raise OfficialConfigError(path, name, None, 'this official module has no counterpart in ppdet_rtdetr '
                                   f'(supported: {sorted(k for k, v in MODULES.items() if v.ours)})')
@@ -92,20 +94,28 @@ def translate_model(raw, path):
     sections = {'RTDETRDetector': detr}
     if 'neck' not in detr or detr['neck'] is None:
         raise OfficialConfigError(path, 'DETR', 'neck', 'an RT-DETR config needs neck: HybridEncoder')
-    for part, expected in (('neck', ('HybridEncoder',)), ('detr_head', ('DINOHead',)),
-                           ('post_process', ('DETRPostProcess',)),
-                           ('transformer', ('RTDETRTransformer', 'RTDETRTransformerv2'))):
+    # Mask-RT-DETR: the official DETR and DETRPostProcess share the global `with_mask`
+    with_mask = bool(dict(raw.get('DETR') or {}).get('with_mask', raw.get('with_mask', False)))
+    mask_parts = {'neck': 'MaskHybridEncoder', 'detr_head': 'MaskDINOHead', 'transformer': 'MaskRTDETR'}
+    for part, expected in (('neck', ('HybridEncoder', 'MaskHybridEncoder')),
+                           ('detr_head', ('DINOHead', 'MaskDINOHead')), ('post_process', ('DETRPostProcess',)),
+                           ('transformer', ('RTDETRTransformer', 'RTDETRTransformerv2', 'MaskRTDETR'))):
         name = detr[part]
         if name not in expected:
             raise OfficialConfigError(path, 'DETR', part, f'{name!r}: ppdet_rtdetr builds RT-DETR with '
                                       f'{" or ".join(expected)} here')
-        options, sub = translate_section(raw, name, dict(raw.get(name) or {}), path)
-        if name == 'HybridEncoder':
+        if part in mask_parts and (name == mask_parts[part]) != with_mask:
+            raise OfficialConfigError(path, 'DETR', part, f'{name!r} with with_mask: {with_mask}: Mask-RT-DETR is '
+                                      f'with_mask: true with {", ".join(mask_parts.values())}, RT-DETR is neither')
+        section = dict(raw.get(name) or {})
+        spec = MASK_POST_PROCESS if part == 'post_process' and section.get('with_mask', with_mask) else MODULES[name]
+        options, sub = translate_section(raw, name, section, path, spec)
+        if name in ('HybridEncoder', 'MaskHybridEncoder'):
             _check_encoder_width(options, path)
         if name == 'RTDETRTransformerv2':
-            _v2_points(options, dict(raw.get(name) or {}))
-        detr[part] = MODULES[name].ours
-        sections[MODULES[name].ours] = options
+            _v2_points(options, section)
+        detr[part] = spec.ours
+        sections[spec.ours] = options
         sections.update(sub)
     backbone = detr['backbone']
     if backbone in BACKBONES:

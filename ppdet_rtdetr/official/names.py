@@ -1,4 +1,4 @@
-"""The name table: how each module of an official PaddleDetection RT-DETR(v2) config maps onto ours.
+"""The name table: how each module of an official PaddleDetection RT-DETR(v2) / Mask-RT-DETR config maps onto ours.
 
 One `ModuleSpec` per official module. Its fields say, key by key, what the translator does with the official
 section; every default listed here is the official class signature's (PaddleDetection develop,
@@ -7,7 +7,7 @@ section; every default listed here is the official class signature's (PaddleDete
 """
 from collections import namedtuple
 
-__all__ = ['ModuleSpec', 'MODULES', 'BACKBONES', 'TRANSFORMERS', 'ANY']
+__all__ = ['ModuleSpec', 'MODULES', 'MASK_POST_PROCESS', 'BACKBONES', 'TRANSFORMERS', 'ANY']
 
 ANY = object()  # in `fixed`: every value is accepted (the key has no effect for the cases we build)
 
@@ -36,9 +36,9 @@ _TRANSFORMER_FIXED = {'position_embed_type': ('sine', 'learned')}
 
 MODULES = {
     'DETR': _spec('RTDETRDetector', ['backbone', 'neck', 'transformer', 'detr_head', 'post_process',
-                                     'exclude_post_process'],
-                  defaults={'post_process': 'DETRPostProcess'}, shared=['exclude_post_process'],
-                  fixed={'with_mask': (False,), 'post_process_semi': (None,)}),
+                                     'exclude_post_process', 'with_mask'],
+                  defaults={'post_process': 'DETRPostProcess'}, shared=['exclude_post_process', 'with_mask'],
+                  fixed={'post_process_semi': (None,)}),
     # backbones
     'ResNet': _spec('RTDETRResNet', ['depth', 'variant', 'ch_in', 'lr_mult_list', 'norm_type', 'norm_decay',
                                      'freeze_norm', 'freeze_at', 'return_idx', 'num_stages', 'freeze_stem_only'],
@@ -79,6 +79,28 @@ MODULES = {
                                       cross_attn_sampling_method='cross_attn_method'),
                                  defaults={'learnt_init_query': True, 'num_decoder_points': 4},
                                  shared=_TRANSFORMER_SHARED, fixed=_TRANSFORMER_FIXED),
+    # Mask-RT-DETR (configs/mask_rtdetr): DETR's global `with_mask: True` reaches RTDETRDetector and the matcher
+    # through their shared `with_mask`, and turns DETRPostProcess into MASK_POST_PROCESS
+    'MaskHybridEncoder': _spec('RTDETRMaskHybridEncoder', ['in_channels', 'feat_strides', 'hidden_dim',
+                                                           'use_encoder_idx', 'num_encoder_layers', 'encoder_layer',
+                                                           'num_prototypes', 'pe_temperature', 'expansion',
+                                                           'depth_mult', 'mask_feat_channels', 'act', 'trt',
+                                                           'eval_size'],
+                               defaults={'hidden_dim': 256, 'encoder_layer': 'TransformerLayer'},
+                               shared=['depth_mult', 'act', 'trt', 'eval_size', 'num_prototypes'],
+                               inject={'encoder_layer': 'encoder_layer'}),
+    'MaskRTDETR': _spec('RTDETRMaskTransformer', _TRANSFORMER_KEYS + ['position_embed_type', 'num_prototypes',
+                                                                      'mask_enhanced'],
+                        shared=_TRANSFORMER_SHARED + ['num_prototypes']),
+    'MaskDINOHead': _spec('RTDETRMaskHead', ['loss'], defaults={'loss': 'DINOLoss'}, inject={'loss': 'loss'}),
+    'MaskDINOLoss': _spec('RTDETRMaskCriterion', ['num_classes', 'matcher', 'loss_coeff', 'aux_loss', 'use_focal_loss',
+                                                  'use_vfl', 'vfl_iou_type', 'num_sample_points', 'oversample_ratio',
+                                                  'important_sample_ratio'],
+                          defaults={'matcher': 'HungarianMatcher', 'use_vfl': False, 'use_focal_loss': False,
+                                    'vfl_iou_type': 'bbox',
+                                    'loss_coeff': {'class': 4, 'bbox': 5, 'giou': 2, 'mask': 5, 'dice': 5}},
+                          shared=['num_classes', 'use_focal_loss', 'num_sample_points'],
+                          inject={'matcher': 'matcher'}),
     # head, loss, matcher, post-process
     'DINOHead': _spec('RTDETRHead', ['loss'], defaults={'loss': 'DINOLoss'}, fixed={'eval_idx': (-1,)},
                       inject={'loss': 'loss'}),
@@ -101,8 +123,15 @@ MODULES = {
                                     'use_avg_mask_score': ANY}),
 }
 
-# official transformer names that mark a `DETR` config as RT-DETR
-TRANSFORMERS = ('RTDETRTransformer', 'RTDETRTransformerv2')
+# DETRPostProcess of a config whose `with_mask` (global or its own) is true: boxes and masks, at any batch size
+MASK_POST_PROCESS = _spec('RTDETRMaskPostProcess', ['num_classes', 'num_top_queries', 'use_focal_loss', 'mask_stride',
+                                                    'mask_threshold', 'use_avg_mask_score', 'bbox_decode_type'],
+                          defaults={'num_top_queries': 100, 'use_focal_loss': False},
+                          shared=['num_classes', 'use_focal_loss'],
+                          fixed={'dual_queries': (False,), 'dual_groups': (0,), 'with_mask': (True,)})
+
+# official transformer names that mark a `DETR` config as RT-DETR (or Mask-RT-DETR)
+TRANSFORMERS = ('RTDETRTransformer', 'RTDETRTransformerv2', 'MaskRTDETR')
 
 # official backbones with a counterpart here (any other backbone registered in ppdet is kept as it is)
 BACKBONES = ('ResNet', 'PPHGNetV2', 'SwinTransformer', 'FocalNet')

@@ -96,7 +96,10 @@ def _np_hg_block(x, sd, light, residual, num_layers=6):
 # ---- tests ----
 
 @pytest.mark.parametrize('arch, fname', [('L', 'rtdetr_hgnetv2_l_keys.txt'),
-                                         ('X', 'rtdetr_hgnetv2_x_keys.txt')])
+                                         ('X', 'rtdetr_hgnetv2_x_keys.txt'),
+                                         ('S', 'mask_rtdetr_hgnetv2_s_keys.txt'),
+                                         ('M', 'mask_rtdetr_hgnetv2_m_keys.txt'),
+                                         ('H', 'mask_rtdetr_hgnetv2_h_keys.txt')])
 def test_state_dict_matches_official_checkpoint(arch, fname):
     ref = reference_layout(fname, 'backbone.')
     ours = model_layout(RTDETRHGNetV2(arch=arch))

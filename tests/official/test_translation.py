@@ -1,6 +1,6 @@
-"""Official-style RT-DETR(v2) configs (tests/official/configs, written for the tests) load through
-ppdet_rtdetr.load_config into our modules: official layouts, official defaults, readers, optimizer, clear errors;
-other configs and a ppdet that has the official modules are left alone."""
+"""Official-style RT-DETR(v2) configs (tests/official/configs, written for the tests) and PaddleDetection's own
+Mask-RT-DETR configs (copies) load through ppdet_rtdetr.load_config into our modules: official layouts, official
+defaults, readers, optimizer, clear errors; other configs and a ppdet that has the official modules are left alone."""
 import os
 import re
 import textwrap
@@ -109,7 +109,8 @@ def _official(tmp_path, text, base=V1_TINY):
      "RTDETRTransformer.cross_attn_sampling_method: option not supported by RTDETRDeformableTransformer"),
     ('DINOHead: {eval_idx: 2}\n', "DINOHead.eval_idx: 2 is not supported by RTDETRHead (only -1)"),
     ('DETR: {backbone: MyNet}\n', "DETR.backbone: 'MyNet' is neither an official RT-DETR backbone we translate"),
-    ('DETR: {neck: MyEncoder}\n', "DETR.neck: 'MyEncoder': ppdet_rtdetr builds RT-DETR with HybridEncoder here"),
+    ('DETR: {neck: MyEncoder}\n',
+     "DETR.neck: 'MyEncoder': ppdet_rtdetr builds RT-DETR with HybridEncoder or MaskHybridEncoder here"),
     ('TransformerLayer: {normalize_before: true}\n',
      'TransformerLayer.normalize_before: True is not supported by TransformerLayer (only False)'),
     ('TrainReader: {sample_transforms: [{Decode: {}}, {RandomFlip: {prob: 0.5, axis: 1}}]}\n',
@@ -176,3 +177,46 @@ def test_train_reader_override_reaches_the_translated_v2_reader():
     assert type(cfg['TrainReader']).__name__ == 'Delegate'
     reader = create('RTDETRTrainReader')
     assert (reader.batch_size, reader.shuffle) == (2, False)
+
+
+MASK = os.path.join(CONFIGS, 'mask_rtdetr', 'mask_rtdetr_hgnetv2_{}_6x_coco.yml')
+
+
+@pytest.mark.parametrize('size', ['s', 'm', 'l', 'x', 'h'])
+def test_official_mask_rtdetr_configs_build_the_official_layouts(size):
+    """PaddleDetection's own configs/mask_rtdetr files (unchanged copies) build our modules with the official
+    checkpoints' names and shapes."""
+    import paddle
+    from ppdet.core.workspace import create
+    cfg = fresh_config(MASK.format(size))
+    with paddle.LazyGuard():
+        model = create(cfg.architecture)
+    got, want = model_layout(model), reference_layout(f'mask_rtdetr_hgnetv2_{size}_keys.txt')
+    assert got == want, (f'missing {sorted(set(want) - set(got))[:5]}, extra {sorted(set(got) - set(want))[:5]}, '
+                         f'other shapes {[k for k in set(got) & set(want) if got[k] != want[k]][:5]}')
+    assert cfg.architecture == 'RTDETRDetector' and model.with_mask
+    assert type(model.post_process).__name__ == 'RTDETRMaskPostProcess' and model.post_process.num_top_queries == 100
+    assert model.post_process.mask_stride == 4 and model.post_process.bbox_decode_type == 'origin'
+    # the official MaskRTDETR defaults where the file is silent; its own options
+    t = model.transformer
+    assert (t.label_noise_ratio, t.box_noise_scale, t.mask_enhanced, t.num_denoising) == (0.5, 1.0, True, 100)
+    assert cfg['RTDETRMaskCriterion']['vfl_iou_type'] == 'mask'
+    assert cfg['RTDETRHungarianMatcher']['matcher_coeff'] == {'class': 4, 'bbox': 5, 'giou': 2, 'mask': 5, 'dice': 5}
+    assert cfg['with_mask'] is True and 'Poly2Mask' in str(cfg['TrainReader']['sample_transforms'])
+
+
+def test_official_mask_rtdetr_s_options_reach_the_encoder():
+    model = build_from_config(MASK.format('s'), pretrain_weights='')
+    neck = model.neck
+    # use_encoder_idx [2] of the four backbone levels is AIFI on stride 16; 128 prototypes; mask channels [64, 32]
+    assert neck.use_encoder_idx == [1] and neck.feat_strides == [8, 16, 32]
+    assert neck.enc_mask_output[1].weight.shape == [128, 32, 1, 1]
+    assert model.transformer.mask_query_head.layers[-1].weight.shape == [256, 128]
+
+
+def test_mask_modules_without_with_mask_are_refused(tmp_path):
+    from ppdet_rtdetr.official import OfficialConfigError
+    path = _official(tmp_path, 'with_mask: false\n', base=MASK.format('s'))
+    with pytest.raises(OfficialConfigError) as err:
+        fresh_config(path)
+    assert str(err.value).startswith(f"{path}: DETR.neck: 'MaskHybridEncoder' with with_mask: False"), str(err.value)
