@@ -5,10 +5,11 @@ import textwrap
 
 # names a newer PaddleDetection registers for its own RT-DETR / RT-DETRv2
 NEWER_PPDET_NAMES = ['HybridEncoder', 'RTDETRTransformer', 'RTDETRTransformerv2', 'DETRPostProcess', 'PPHGNetV2',
-                     'TransformerLayer', 'MaskHybridEncoder', 'RTDETRv3', 'DINOv3Head', 'FocalNet']
+                     'TransformerLayer', 'MaskHybridEncoder', 'RTDETRv3', 'DINOv3Head', 'FocalNet',
+                     'MaskDINOLoss']
 OURS = ['RTDETRDetector', 'RTDETRResNet', 'RTDETRHGNetV2', 'RTDETRHybridEncoder', 'RTDETRDeformableTransformer',
-        'RTDETRHead', 'RTDETRCriterion', 'RTDETRHungarianMatcher', 'RTDETRPostProcess', 'RTDETRCOCODataSet',
-        'RTDETRTrainReader', 'RTDETROptimizerBuilder', 'RTDETRSwinTransformer', 'RTDETRFocalNet']
+        'RTDETRHead', 'RTDETRCriterion', 'RTDETRMaskCriterion', 'RTDETRHungarianMatcher', 'RTDETRPostProcess',
+        'RTDETRCOCODataSet', 'RTDETRTrainReader', 'RTDETROptimizerBuilder', 'RTDETRSwinTransformer', 'RTDETRFocalNet']
 
 # Mask-RT-DETR's model modules and the official names of their counterparts
 NEWER_PPDET_NAMES += ['MaskRTDETR', 'MaskDINOHead']

@@ -8,6 +8,7 @@ from . import postprocess  # noqa: F401
 from . import architecture  # noqa: F401
 from . import matcher  # noqa: F401
 from . import criterion  # noqa: F401
+from . import mask_criterion  # noqa: F401
 from . import swin  # noqa: F401
 from . import focalnet  # noqa: F401
 from . import mask_encoder  # noqa: F401

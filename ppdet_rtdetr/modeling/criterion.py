@@ -96,6 +96,10 @@ class RTDETRCriterion(object):
     """
     __shared__ = ['num_classes', 'use_focal_loss']
     __inject__ = ['matcher']
+    # The varifocal weight alpha * p**gamma of the negatives is a constant here, as in the authors' RT-DETR
+    # (PyTorch); PaddleDetection's varifocal_loss_with_logits lets the gradient through it (a subclass that
+    # follows PaddleDetection's gradients sets True). The loss values are the same either way.
+    vfl_weight_grad = False
 
     def __init__(self,
                  num_classes=80,
@@ -136,8 +140,9 @@ class RTDETRCriterion(object):
         self.mal_gamma = mal_gamma
         self.mal_alpha = mal_alpha
 
-    def _class_loss(self, logits, src_boxes, tgt_boxes, flat_idx, tgt_cls, num_gts):
-        """logits [b, q, k]; matched pairs as flat query indices into b*q and their gt classes."""
+    def _class_loss(self, logits, flat_idx, tgt_cls, matched_iou, num_gts):
+        """logits [b, q, k]; matched pairs as flat query indices into b*q, their gt classes and the
+        varifocal target of each pair (matched_iou [n_matched], no gradient; None without matches)."""
         bs, num_queries, k = logits.shape
         # [b*q] class per query, k = "no object" (dropped from the one-hot below)
         target_cls = paddle.full([bs * num_queries], k, dtype='int64')
@@ -145,8 +150,7 @@ class RTDETRCriterion(object):
         if flat_idx.shape[0] > 0:
             target_cls = paddle.scatter(target_cls, flat_idx, tgt_cls)
             if self.use_vfl:
-                iou = aligned_iou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes), 'iou')
-                target_iou = paddle.scatter(target_iou, flat_idx, iou.detach().astype(logits.dtype))
+                target_iou = paddle.scatter(target_iou, flat_idx, matched_iou.astype(logits.dtype))
         # [b*q] -> [b*q, k+1] -> [b, q, k]
         label = F.one_hot(target_cls, k + 1)[:, :k].reshape([bs, num_queries, k])
         label = label.astype(logits.dtype)
@@ -157,10 +161,14 @@ class RTDETRCriterion(object):
         elif self.use_vfl:
             # [b*q] -> [b, q, 1]: the IoU sits at the matched class only
             score = target_iou.reshape([bs, num_queries, 1]) * label
-            # the weight is a constant of the BCE: no gradient through the predicted score
-            pred_score = F.sigmoid(logits).detach()
+            pred_score = F.sigmoid(logits)
+            if not self.vfl_weight_grad:
+                pred_score = pred_score.detach()
             weight = self.vfl_alpha * pred_score.pow(self.vfl_gamma) * (1 - label) + score
-            loss = F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction='sum')
+            loss = F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction='none')
+            # sum / num_gts, reduced as PaddleDetection does (mean over queries, over num_gts / q): in float32
+            # the official bits (tests/reference/mask_rtdetr_loss_ref.npz)
+            return self.loss_coeff['class'] * (loss.mean(1).sum() / (num_gts / num_queries))
         else:
             loss = F.sigmoid_focal_loss(logits, label, alpha=0.25, gamma=2.0, reduction='sum')
         return self.loss_coeff['class'] * loss / num_gts
@@ -176,8 +184,9 @@ class RTDETRCriterion(object):
         return (self.loss_coeff['bbox'] * loss_bbox / num_gts,
                 self.loss_coeff['giou'] * loss_giou / num_gts)
 
-    def _single_losses(self, boxes, logits, gt_bbox, gt_class, indices, num_gts):
-        """Losses of one prediction set: boxes [b, q, 4], logits [b, q, k]; (class, bbox, giou)."""
+    def _matched(self, boxes, gt_bbox, gt_class, indices):
+        """Matched pairs of one prediction set boxes [b, q, 4]: (flat query indices into b*q [n_matched],
+        predicted boxes [n_matched, 4], gt boxes, gt classes); the last three are None without any match."""
         num_queries = boxes.shape[1]
         flat_idx, tgt_boxes, tgt_cls = [], [], []
         for i, (src, tgt) in enumerate(indices):
@@ -186,16 +195,25 @@ class RTDETRCriterion(object):
             flat_idx.append(src + i * num_queries)
             tgt_boxes.append(paddle.gather(gt_bbox[i], tgt))
             tgt_cls.append(paddle.gather(gt_class[i].reshape([-1]), tgt).astype('int64'))
-        if flat_idx:
-            flat_idx = paddle.concat(flat_idx)
-            tgt_cls = paddle.concat(tgt_cls)
-            tgt_boxes = paddle.concat(tgt_boxes).astype(boxes.dtype)
-            # [b, q, 4] -> [b*q, 4] -> [n_matched, 4]
-            src_boxes = paddle.gather(boxes.flatten(0, 1), flat_idx)
-        else:
-            flat_idx = paddle.zeros([0], dtype='int64')
-            tgt_cls = tgt_boxes = src_boxes = None
-        loss_class = self._class_loss(logits, src_boxes, tgt_boxes, flat_idx, tgt_cls, num_gts)
+        if not flat_idx:
+            return paddle.zeros([0], dtype='int64'), None, None, None
+        flat_idx = paddle.concat(flat_idx)
+        # [b, q, 4] -> [b*q, 4] -> [n_matched, 4]
+        src_boxes = paddle.gather(boxes.flatten(0, 1), flat_idx)
+        return flat_idx, src_boxes, paddle.concat(tgt_boxes).astype(boxes.dtype), paddle.concat(tgt_cls)
+
+    @staticmethod
+    def _box_iou(src_boxes, tgt_boxes):
+        """IoU of matched boxes [n_matched, 4] cxcywh (the varifocal target), no gradient; None without matches."""
+        if src_boxes is None:
+            return None
+        return aligned_iou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes), 'iou').detach()
+
+    def _single_losses(self, boxes, logits, gt_bbox, gt_class, indices, num_gts):
+        """Losses of one prediction set: boxes [b, q, 4], logits [b, q, k]; (class, bbox, giou)."""
+        flat_idx, src_boxes, tgt_boxes, tgt_cls = self._matched(boxes, gt_bbox, gt_class, indices)
+        matched_iou = self._box_iou(src_boxes, tgt_boxes) if self.use_vfl else None
+        loss_class = self._class_loss(logits, flat_idx, tgt_cls, matched_iou, num_gts)
         loss_bbox, loss_giou = self._box_losses(boxes, src_boxes, tgt_boxes, num_gts)
         return loss_class, loss_bbox, loss_giou
 
