@@ -1,4 +1,5 @@
-"""Contrastive denoising (DN-DETR / DINO) training group for RT-DETR, as small pure functions.
+"""Denoising training groups, as small pure functions: contrastive (DINO) for RT-DETR, plain (DN-DETR, positives
+only: `get_denoising_training_group`) for Mask-RT-DETR.
 
 Every image's ground truths are padded to the batch maximum g and repeated in `num_group` groups; each group
 holds g positive queries (boxes jittered inside the gt, labels flipped with probability

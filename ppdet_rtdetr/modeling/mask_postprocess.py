@@ -33,6 +33,9 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
     original height and width in the batch: image i's masks fill [:h_i, :w_i] and are 0 beyond (ppdet's Mask R-CNN
     convention for batches); with one image they are exactly its size, as the official output.
 
+    Sizes stay tensors, so the same code runs in an exported graph; the loop over the images needs the batch size
+    known when the graph is built (a fixed-batch export).
+
     The official code passes ``image[2:].shape`` as pad_shape (a slice of the batch, not of the shape); here the
     architecture passes the input's (h, w), which is what 'pad' needs. With 'origin' (every official config)
     pad_shape is not read, so the bug had no effect there.
@@ -66,29 +69,27 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
         # [b, n, h4, w4] -> [b, K, h4, w4], the masks of the selected queries
         masks = paddle.take_along_axis(masks, query.unsqueeze(-1).unsqueeze(-1), axis=1)
 
-        sizes = [(int(h), int(w)) for h, w in origin_hw.astype('int32').numpy()]
-        crops = [(int(h), int(w)) for h, w in im_shape.astype('int32').numpy()]
-        max_h, max_w = max(h for h, _ in sizes), max(w for _, w in sizes)
+        # sizes stay tensors (no .numpy()): the same ops run in dygraph and in an exported graph
+        sizes = origin_hw.astype('int32')  # [b, 2] (h, w)
+        max_hw = sizes.max(0)
+        crops = im_shape.astype('int32')
+        zero = paddle.zeros([], 'int32')
         out_masks, out_scores = [], []
-        for i, (h, w) in enumerate(sizes):
+        for i in range(masks.shape[0]):  # the batch must be known (a fixed-batch export)
             m = masks[i:i + 1]  # [1, K, h4, w4]
             if self.bbox_decode_type == 'pad':
                 m = F.interpolate(m, scale_factor=self.mask_stride, mode='bilinear', align_corners=False)
-                m = m[..., :crops[i][0], :crops[i][1]]
-            m = F.interpolate(m, size=[h, w], mode='bilinear', align_corners=False)[0]  # [K, h, w]
+                m = m[:, :, :crops[i, 0], :crops[i, 1]]
+            m = F.interpolate(m, size=[sizes[i, 0], sizes[i, 1]], mode='bilinear', align_corners=False)
             prob = F.sigmoid(m)
             binary = (prob > self.mask_threshold).astype(prob.dtype)
             score = scores[i]
             if self.use_avg_mask_score:
-                score = score * (binary * prob).sum([-2, -1]) / (binary.sum([-2, -1]) + 1e-6)
+                score = score * (binary * prob).sum([-2, -1])[0] / (binary.sum([-2, -1])[0] + 1e-6)
             out_scores.append(score)
-            binary = binary.astype('int32')
-            if (h, w) != (max_h, max_w):
-                # [K, h, w] -> [K, max_h, max_w], zeros below and right of the image
-                canvas = paddle.zeros([binary.shape[0], max_h, max_w], 'int32')
-                canvas[:, :h, :w] = binary
-                binary = canvas
-            out_masks.append(binary)
+            # [1, K, h, w] -> [K, max_h, max_w], zeros below and right of the image
+            pad = paddle.stack([zero, max_hw[1] - sizes[i, 1], zero, max_hw[0] - sizes[i, 0]])
+            out_masks.append(F.pad(binary.astype('int32'), pad, mode='constant', value=0, data_format='NCHW')[0])
         scores = paddle.stack(out_scores)
         bbox_num = paddle.full([boxes.shape[0]], self.num_top_queries, 'int32')
         return self._rows(labels, scores, boxes), bbox_num, paddle.concat(out_masks)

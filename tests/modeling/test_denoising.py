@@ -2,7 +2,8 @@
 import numpy as np
 import paddle
 
-from ppdet_rtdetr.modeling.denoising import denoising_attn_mask, get_contrastive_denoising_training_group
+from ppdet_rtdetr.modeling.denoising import (denoising_attn_mask, get_contrastive_denoising_training_group,
+                                             get_denoising_training_group)
 
 
 def _gts(counts, k=5, seed=0):
@@ -103,3 +104,25 @@ def test_batch_without_boxes_still_builds_one_group():
     np.testing.assert_allclose(dn_bbox_unact.numpy(), np.full((2, 20, 4), _np_logit(0.)), rtol=1e-6)
     assert [m.numpy().tolist() for m in meta['dn_positive_idx']] == [[], []]
     np.testing.assert_array_equal(mask.numpy(), denoising_attn_mask(1, 10, 7).numpy())
+
+
+def test_plain_denoising_groups_hold_positives_only():
+    paddle.seed(0)
+    embed = paddle.randn([5, 8])
+    gt_class = [paddle.to_tensor([[1], [4]], dtype='int32'), paddle.zeros([0, 1], 'int32')]
+    gt_bbox = [paddle.to_tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.4]]), paddle.zeros([0, 4])]
+    dn_embed, dn_bbox_unact, mask, meta = get_denoising_training_group(gt_class, gt_bbox, 5, 3, embed, 7, 0., 0.)
+    # g = 2, 7 // 2 = 3 groups of 2 queries each (no negatives), then 3 matching queries
+    assert meta['dn_num_split'] == [6, 3] and meta['dn_num_group'] == 3
+    np.testing.assert_array_equal(meta['dn_positive_idx'][0].numpy(), [0, 1, 2, 3, 4, 5])
+    assert meta['dn_positive_idx'][1].shape == [0]
+    group = np.array([0, 0, 1, 1, 2, 2, 3, 3, 3])
+    want = (group[:, None] == group[None, :]) | (group[None, :] == 3)
+    np.testing.assert_array_equal(mask.numpy(), want)
+    # without noise: the gt boxes (logit space) and label embeddings; the padding slot gets the zero embedding
+    np.testing.assert_allclose(1 / (1 + np.exp(-dn_bbox_unact[0, 2:4].numpy())), gt_bbox[0].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(dn_embed[0, 1].numpy(), embed[4].numpy())
+    assert float(dn_embed[1].abs().sum()) == 0
+    # a batch without any box: one padding group (the same graph on every rank), no positives
+    _, _, _, meta = get_denoising_training_group([gt_class[1]], [gt_bbox[1]], 5, 3, embed, 7, 0.5, 1.0)
+    assert meta['dn_num_split'] == [7, 3] and meta['dn_positive_idx'][0].shape == [0]

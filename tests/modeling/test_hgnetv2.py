@@ -8,7 +8,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ppdet.core.workspace import SchemaDict, create, global_config
 
 import ppdet_rtdetr  # noqa: F401  (registers modules)
-from conftest import model_layout, reference_layout
+from conftest import TINY_CFG, fresh_config, model_layout, reference_layout
 from ppdet_rtdetr.modeling.hgnetv2 import RTDETRHGNetV2
 
 H, W = 64, 96  # non-square on purpose, so an h/w swap shows up
@@ -267,6 +267,7 @@ def test_sync_bn_falls_back_to_batchnorm_on_one_process():
 
 
 def test_registered_with_ppdet_schema():
+    fresh_config(TINY_CFG)  # a clean workspace: a config loaded before (Mask-RT-DETR: 4 levels) must not leak in
     schema = global_config['RTDETRHGNetV2']
     assert isinstance(schema, SchemaDict)
     model = create('RTDETRHGNetV2')

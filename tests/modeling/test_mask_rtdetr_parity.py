@@ -144,3 +144,15 @@ def test_postprocess_at_batch_2_equals_official_per_image(model, ref):
 def test_postprocess_rejects_an_unknown_decode_type():
     with pytest.raises(ValueError, match="bbox_decode_type 'padded' is not one of"):
         RTDETRMaskPostProcess(bbox_decode_type='padded')
+
+
+def test_pad_decoding_with_average_mask_score_equals_official(model, ref):
+    # a 56x80 image (original 112x100) padded to the 64x96 input: boxes scaled over the padding, masks upsampled
+    # by the stride, cropped to the image and resized; scores times the mean mask probability
+    out = _run(model, ref, train=False)
+    head = (out[1][-1][:1].astype('float32'), out[0][-1][:1].astype('float32'), out[2][-1][:1].astype('float32'))
+    pp = RTDETRMaskPostProcess(num_classes=5, num_top_queries=10, bbox_decode_type='pad', use_avg_mask_score=True)
+    bbox, _, mask = pp(head, paddle.to_tensor([[56., 80.]]), paddle.to_tensor([[0.5, 0.8]]), [64, 96])
+    np.testing.assert_allclose(bbox.numpy(), ref['pad_bbox0'], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(mask.numpy(), ref['pad_mask0'])
+    assert mask.shape == [10, 112, 100]
