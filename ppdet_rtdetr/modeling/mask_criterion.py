@@ -41,6 +41,23 @@ _LOSS_NAMES = ('class', 'bbox', 'giou', 'mask', 'dice')
 _VFL_IOU_TYPES = ('bbox', 'mask')
 
 
+def _check_gt_masks(gt_bbox, gt_mask, masks):
+    """Refuses gt masks that do not pair with the gt boxes (shapes only: no device sync)."""
+    if len(masks.shape) != 5:
+        raise ValueError(f'RTDETRMaskCriterion: masks must be [n_out, b, q, h, w], got shape {list(masks.shape)}')
+    if len(gt_mask) != len(gt_bbox):
+        raise ValueError(f'RTDETRMaskCriterion: gt_mask (gt_segm) has {len(gt_mask)} images, gt_bbox {len(gt_bbox)}')
+    sizes = set()
+    for i, (box, mask) in enumerate(zip(gt_bbox, gt_mask)):
+        if len(mask.shape) != 3 or mask.shape[0] != box.shape[0]:
+            raise ValueError(f'RTDETRMaskCriterion: image {i} has {box.shape[0]} gt boxes but gt_mask (gt_segm) '
+                             f'of shape {list(mask.shape)}; expected [{box.shape[0]}, H, W]')
+        sizes.add(tuple(mask.shape[1:]))
+    if len(sizes) > 1:
+        raise ValueError(f'RTDETRMaskCriterion: gt masks of one batch must share [H, W] (the padded input size), '
+                         f'got {sorted(sizes)}')
+
+
 @register
 class RTDETRMaskCriterion(RTDETRCriterion):
     """Losses of Mask-RT-DETR: varifocal class, L1 and GIoU box, point-sampled mask BCE and dice losses.
@@ -95,7 +112,8 @@ class RTDETRMaskCriterion(RTDETRCriterion):
     Raises:
         ValueError: at construction, naming the key, for a ``loss_coeff`` without 'mask' or 'dice', an unknown
             ``vfl_iou_type``, ``oversample_ratio`` < 1, ``important_sample_ratio`` outside [0, 1] or
-            ``num_sample_points`` < 1 (and RTDETRCriterion's checks).
+            ``num_sample_points`` < 1 (and RTDETRCriterion's checks); at a call, naming the image, for gt masks
+            whose count differs from the gt boxes' or whose [H, W] differ within the batch.
     """
     __shared__ = ['num_classes', 'use_focal_loss', 'num_sample_points']
     __inject__ = ['matcher']
@@ -202,6 +220,7 @@ class RTDETRMaskCriterion(RTDETRCriterion):
                  dn_out_logits=None,
                  dn_out_masks=None,
                  dn_meta=None):
+        _check_gt_masks(gt_bbox, gt_mask, masks)
         num_gts = mean_num_gts(gt_bbox).astype(logits.dtype)
         gt_mask = [m.astype(masks.dtype) for m in gt_mask]
         losses = self._mask_set_losses(boxes, logits, masks, gt_bbox, gt_class, gt_mask, num_gts, suffix='')

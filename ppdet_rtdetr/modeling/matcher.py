@@ -41,7 +41,8 @@ class RTDETRHungarianMatcher(object):
 
     Args:
         matcher_coeff (dict): weights of the cost terms, keys 'class', 'bbox' (L1 of normalised
-            cxcywh boxes) and 'giou' (negative GIoU of the xyxy boxes).
+            cxcywh boxes) and 'giou' (negative GIoU of the xyxy boxes); 'mask' and 'dice' are read only
+            with ``with_mask``.
         use_focal_loss (bool): True for sigmoid class scores, costed with the focal-loss
             difference ``pos - neg`` at the gt class; False for softmax scores, costed with
             ``-prob``. Shared with the criterion through the global config.
@@ -122,7 +123,7 @@ class RTDETRHungarianMatcher(object):
         bs, num_queries = boxes.shape[:2]
         if self.with_mask and (masks is None or gt_mask is None):
             raise ValueError('RTDETRHungarianMatcher: with_mask=True needs masks [b, q, h, w] and gt_mask '
-                             f'(b tensors [n_i, H, W]), got masks={None if masks is None else masks.shape}, '
+                             f'(b tensors [n_i, H, W]), got masks={None if masks is None else list(masks.shape)}, '
                              f'gt_mask={None if gt_mask is None else len(gt_mask)}')
         sizes = [int(g.shape[0]) for g in gt_bbox]
         if sum(sizes) == 0:

@@ -257,3 +257,26 @@ def test_ppdet_create_shares_with_mask_and_num_sample_points(monkeypatch):
     assert isinstance(crit, RTDETRMaskCriterion) and crit.num_sample_points == 100
     assert isinstance(crit.matcher, RTDETRHungarianMatcher)
     assert crit.matcher.with_mask and crit.matcher.num_sample_points == 100
+
+
+@pytest.mark.parametrize('drop,message', [
+    ('count', 'RTDETRMaskCriterion: image 1 has 1 gt boxes but gt_mask (gt_segm) of shape [0, 12, 16]; '
+              'expected [1, H, W]'),
+    ('size', 'RTDETRMaskCriterion: gt masks of one batch must share [H, W] (the padded input size), '
+             'got [(12, 16), (12, 18)]'),
+    ('image', 'RTDETRMaskCriterion: gt_mask (gt_segm) has 1 images, gt_bbox 2'),
+])
+def test_gt_masks_that_do_not_pair_with_the_boxes_are_named(drop, message):
+    rng = np.random.default_rng(9)
+    boxes, logits, masks, gt_bbox, gt_class, gt_mask = _small_case(rng, [2, 1])
+    if drop == 'count':
+        gt_mask[1] = gt_mask[1][:0]
+    elif drop == 'size':
+        gt_mask[1] = np.zeros((1, 12, 18))
+    else:
+        gt_mask = gt_mask[:1]
+    crit = RTDETRMaskCriterion(num_classes=3, matcher=RecordingMatcher(pairs=[([0], [0]), ([1], [0])]),
+                               num_sample_points=8)
+    with pytest.raises(ValueError) as err:
+        _call(crit, boxes, logits, masks, gt_bbox, gt_class, gt_mask)
+    assert str(err.value) == message
