@@ -29,8 +29,8 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
     __call__(head_out = (boxes [b, n, 4] sigmoid cxcywh, logits [b, n, k], masks [b, n, h4, w4] logits),
     im_shape [b, 2] (h, w) of the resized images, scale_factor [b, 2] (h, w) resized / original, pad_shape (h, w)
     of the network input, read by 'pad' only) -> (bbox [b*K, 6] float32 rows (class, score, x1, y1, x2, y2) in
-    original-image pixels, bbox_num int32 [b] all K, mask int32 [b*K, H, W] of {0, 1}). H, W are the largest
-    original height and width in the batch: image i's masks fill [:h_i, :w_i] and are 0 beyond (ppdet's Mask R-CNN
+    original-image pixels, bbox_num int32 [b] all K, mask int32 [b*K, H, W] of {0, 1}, -1 padding). H, W are the largest
+    original height and width in the batch: image i's masks fill [:h_i, :w_i] and are -1 beyond (ppdet's Mask R-CNN
     convention for batches); with one image they are exactly its size, as the official output.
 
     Sizes stay tensors, so the same code runs in an exported graph; the loop over the images needs the batch size
@@ -87,9 +87,10 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
             if self.use_avg_mask_score:
                 score = score * (binary * prob).sum([-2, -1])[0] / (binary.sum([-2, -1])[0] + 1e-6)
             out_scores.append(score)
-            # [1, K, h, w] -> [K, max_h, max_w], zeros below and right of the image
+            # [1, K, h, w] -> [K, max_h, max_w], -1 below and right of the image: ppdet's COCO metric and infer
+            # (json_results.strip_mask) cut each image's masks back to its own size where the -1 start
             pad = paddle.stack([zero, max_hw[1] - sizes[i, 1], zero, max_hw[0] - sizes[i, 0]])
-            out_masks.append(F.pad(binary.astype('int32'), pad, mode='constant', value=0, data_format='NCHW')[0])
+            out_masks.append(F.pad(binary.astype('int32'), pad, mode='constant', value=-1, data_format='NCHW')[0])
         scores = paddle.stack(out_scores)
         bbox_num = paddle.full([boxes.shape[0]], self.num_top_queries, 'int32')
         return self._rows(labels, scores, boxes), bbox_num, paddle.concat(out_masks)
