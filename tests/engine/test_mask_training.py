@@ -118,4 +118,5 @@ def test_nonfinite_check_of_the_mask_layout_without_denoising():
     outputs = _mask_outputs(None)
     outputs[4] = None  # no initial-query outputs either
     outputs[0][0, 0, 1, 1] = math.nan
-    assert prediction_check.report(tuple(outputs)) == 'dec_out_logits of decoder layer 1 of 2: 1 of 10 values NaN, 0 inf'
+    assert prediction_check.report(tuple(outputs)) == (
+        'dec_out_logits of decoder layer 1 of 2: 1 of 10 values NaN, 0 inf')
