@@ -4,8 +4,9 @@
         --infer_img demo.jpg | --infer_dir images/ [--draw_threshold 0.5 --output_dir output]
         [--save_results]
 
-Writes one picture with the boxes drawn per image to --output_dir and, with --save_results, the
-detections of all images to --output_dir/bbox.json (COCO result format).
+Writes one picture with the boxes (and a Mask-RT-DETR's masks) drawn per image to --output_dir and, with
+--save_results, the detections of all images to --output_dir/bbox.json (COCO result format) and the masks to
+--output_dir/mask.json (COCO results with RLE segmentations; ppdet's file name).
 """
 import glob
 import os

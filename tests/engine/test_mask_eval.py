@@ -132,3 +132,39 @@ def test_target_metrics_must_be_bbox_or_mask(tmp_path):
         _checkpointer(tmp_path, target_metrics='segm')
     assert str(error.value) == ("target_metrics: 'segm' is not one of ('bbox', 'mask') (the AP that chooses "
                                 "best_model)")
+
+
+def test_infer_draws_the_masks_and_saves_them_as_coco_rle(tmp_path, monkeypatch, instances):
+    """tools/infer.py's path (trainer.predict) with a model that predicts image 000000.jpg's objects: the mask pixels
+    get the mask colours drawn over them, pixels outside every box stay, and --save_results writes the masks as RLE."""
+    from PIL import Image
+    with open(os.path.join(instances, VAL_ANN)) as f:
+        coco = json.load(f)
+    catid2clsid = {c['id']: i for i, c in enumerate(coco['categories'])}
+    image_id = next(im['id'] for im in coco['images'] if im['file_name'] == '000000.jpg')
+    anns = [a for a in coco['annotations'] if a['image_id'] == image_id]
+    gt_forward = _ground_truth_forward(instances, catid2clsid)
+    monkeypatch.chdir(tmp_path)
+    trainer = RTDETRTrainer(mask_config(tmp_path / 'out', instances), mode='test')
+    # the test reader numbers its images from 0: answer with the gt of the COCO id
+    monkeypatch.setattr(trainer.model, 'forward', lambda inputs: gt_forward(
+        dict(inputs, im_id=paddle.to_tensor([[image_id]]))))
+    path = os.path.join(instances, 'images', 'val', '000000.jpg')
+    trainer.predict([path], draw_threshold=0.5, output_dir=str(tmp_path / 'pics'), save_results=True)
+
+    with open(tmp_path / 'pics' / 'mask.json') as f:
+        saved = json.load(f)
+    assert [mask_util.decode(s['segmentation']).tolist() for s in saved] == \
+        [mask_util.decode(a['segmentation']).tolist() for a in anns]
+    original = np.asarray(Image.open(path).convert('RGB'), 'float32')
+    drawn = np.asarray(Image.open(tmp_path / 'pics' / '000000.jpg').convert('RGB'), 'float32')
+    masks = np.stack([mask_util.decode(a['segmentation']) for a in anns]).astype(bool)
+    boxes = np.zeros(masks.shape[1:], bool)
+    for a in anns:
+        x, y, w, h = (int(v) for v in a['bbox'])
+        boxes[max(y - 12, 0):y + h + 3, max(x - 3, 0):x + w + 3] = True  # the box, its outline and its label
+    change = np.abs(drawn - original).mean(-1)
+    assert change[masks.any(0)].mean() > 40, 'masks not drawn: mean change {:.1f}'.format(change[masks.any(0)].mean())
+    # outside: only JPEG re-encoding noise (and the edge of a label text wider than its box)
+    assert np.median(change[~boxes]) <= 2 and change[~boxes].mean() < change[masks.any(0)].mean() / 8, \
+        'pixels outside the boxes changed by {:.1f} on average'.format(change[~boxes].mean())
