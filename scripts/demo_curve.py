@@ -5,8 +5,10 @@
 Reads the log that `tools/train.py --eval` writes (ppdet's iteration lines, its evaluation lines and
 pycocotools' summary). Each evaluation point has the seconds since the first logged iteration (`wall_s`) and
 the seconds of training alone (`train_s`: wall time less the evaluations, each from the start of its inference,
-timed by ppdet's "average FPS", to its "Best test" line). Prints the JSON and a last line with the final AP /
-AP50; `--plot` draws AP and AP50 against training time as a PNG. Exits 1 if the log holds no evaluation.
+timed by ppdet's "average FPS", to its "Best test" line). A Mask-RT-DETR log also holds the segm summary
+(pycocotools' "Evaluate annotation type *segm*"): its figures are `segm_ap` / `segm_ap50`, the box ones stay
+`ap` / `ap50`. Prints the JSON and a last line with the final AP / AP50 (segm first when present); `--plot`
+draws them against training time as a PNG. Exits 1 if the log holds no evaluation.
 """
 import argparse
 import datetime
@@ -20,6 +22,7 @@ AP_RE = re.compile(r'Average Precision \s*\(AP\) @\[ IoU=(0\.50:0\.95|0\.50)\s*\
                    r'(-?[\d.]+)')
 FPS_RE = re.compile(_STAMP + r'.*Total sample number: (\d+), average FPS: ([\d.eE+-]+)')
 BEST_RE = re.compile(_STAMP + r'.*Best test ')
+TYPE_RE = re.compile(r'Evaluate annotation type \*(\w+)\*')
 
 
 def _time(stamp):
@@ -27,11 +30,13 @@ def _time(stamp):
 
 
 def parse(lines):
-    """-> {'evaluations': [{epoch, iteration, wall_s, train_s, ap, ap50}], 'iterations_per_epoch': n}.
+    """-> {'evaluations': [{epoch, iteration, wall_s, train_s, ap, ap50[, segm_ap, segm_ap50]}],
+    'iterations_per_epoch': n}.
 
     An evaluation ends at its "Best test" line, or, where there is none, at its FPS line.
     """
     start = epoch = iters = None
+    iou_type = 'bbox'  # of the summary lines that follow
     eval_total = 0.  # seconds spent in the evaluations already closed
     points, current = [], {}
 
@@ -53,9 +58,14 @@ def parse(lines):
             continue
         if epoch is None:
             continue
+        m = TYPE_RE.search(line)
+        if m:
+            iou_type = m.group(1)
+            continue
         m = AP_RE.search(line)
         if m:
-            current['ap' if m.group(1) == '0.50:0.95' else 'ap50'] = float(m.group(2))
+            prefix = 'segm_' if iou_type == 'segm' else ''
+            current[prefix + ('ap' if m.group(1) == '0.50:0.95' else 'ap50')] = float(m.group(2))
             continue
         m = FPS_RE.match(line)
         if m:
@@ -79,8 +89,13 @@ def plot(curve, path):
     points = curve['evaluations']
     seconds = [p['train_s'] for p in points]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(seconds, [p['ap50'] for p in points], 'o-', label='AP50')
-    ax.plot(seconds, [p['ap'] for p in points], 's-', label='AP (0.50:0.95)')
+    segm = 'segm_ap' in points[-1]
+    box = 'box ' if segm else ''
+    ax.plot(seconds, [p['ap50'] for p in points], 'o-', label=box + 'AP50')
+    ax.plot(seconds, [p['ap'] for p in points], 's-', label=box + 'AP (0.50:0.95)')
+    if segm:
+        ax.plot(seconds, [p['segm_ap50'] for p in points], 'o--', label='mask AP50')
+        ax.plot(seconds, [p['segm_ap'] for p in points], 's--', label='mask AP (0.50:0.95)')
     ax.set_xlabel('training time (s, evaluations excluded)')
     ax.set_ylabel('COCO AP on the val set')
     ax.set_ylim(0, 1)
@@ -112,7 +127,8 @@ def main(argv=None):
     if args.plot:
         plot(result, args.plot)
     last = result['evaluations'][-1]
-    print(f"final COCO AP {last['ap']:.3f}  AP50 {last['ap50']:.3f}  after {last['iteration']} iterations, "
+    segm = f"segm AP {last['segm_ap']:.3f}  AP50 {last['segm_ap50']:.3f}, bbox " if 'segm_ap' in last else ''
+    print(f"final COCO {segm}AP {last['ap']:.3f}  AP50 {last['ap50']:.3f}  after {last['iteration']} iterations, "
           f"{last['train_s']} s of training")
     return 0
 

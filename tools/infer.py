@@ -4,8 +4,9 @@
         --infer_img demo.jpg | --infer_dir images/ [--draw_threshold 0.5 --output_dir output]
         [--save_results] [--max_pixels 50000000]
 
-Writes one picture with the boxes drawn per image to --output_dir and, with --save_results, the
-detections of all images to --output_dir/bbox.json (COCO result format). Every image is read once before
+Writes one picture with the boxes (and a Mask-RT-DETR's masks) drawn per image to --output_dir and, with
+--save_results, the detections of all images to --output_dir/bbox.json (COCO result format) and the masks to
+--output_dir/mask.json (COCO results with RLE segmentations; ppdet's file name). Every image is read once before
 the model is built, with the deploy scripts' reader (deploy/python/image_io.py: the header's size checked
 against --max_pixels before decoding): a bad --infer_img stops with an error naming it, bad files of
 --infer_dir are skipped with a warning each.

@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # code -> (severity, what is wrong and how to fix it). Values go into each example, not the text.
+# ppdet's COCODataSet gives a crowd object this degenerate polygon: Poly2Mask draws it as an empty mask
+_CROWD_POLYGON = [[0.0] * 8]
+
 _MESSAGES = {
     'ann_file_missing': ('error', 'annotation file not found. Fix: check `dataset_dir` + `anno_path` '
                          '(or --ann).'),
@@ -178,16 +181,23 @@ class Report:
                     lines.append(f'    ... and {issue.count - len(issue.examples)} more')
         return '\n'.join(lines)
 
-    def to_records(self, load_crowd=False):
+    def to_records(self, load_crowd=False, load_segm=False):
         """ppdet ``COCODataSet.roidbs`` built from the cleaned lists.
 
         Args:
             load_crowd (bool): keep ``iscrowd`` boxes, as ``COCODataSet(load_crowd=...)``.
+            load_segm (bool): add ``gt_poly`` (the masks' source, for ppdet's ``Poly2Mask``).
 
         Returns:
             list[dict]: one record per usable image in ascending id order (as ppdet): ``im_file``,
             ``im_id`` int64 [1], ``h``/``w`` float, ``gt_class`` int32 [n, 1] in 0..num_classes-1,
-            ``gt_bbox`` float32 [n, 4] xyxy pixels, ``is_crowd`` int32 [n, 1]. ``n`` may be 0.
+            ``gt_bbox`` float32 [n, 4] xyxy pixels, ``is_crowd`` int32 [n, 1], and with ``load_segm``
+            ``gt_poly``: the n COCO ``segmentation`` values (polygons or RLE) as written; a crowd object gets
+            ppdet's all-zero polygon (an empty mask), as ppdet's ``COCODataSet``. ``n`` may be 0.
+
+        Raises:
+            ValueError: with ``load_segm``, a non-crowd object has no ``segmentation``; names the file, image
+                and annotation.
         """
         by_image = {im['id']: [] for im in self.images}
         for ann in self.annotations:
@@ -208,7 +218,18 @@ class Report:
                 'gt_bbox': np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
                 'is_crowd': np.array([[int(bool(a.get('iscrowd')))] for a in anns], np.int32).reshape(-1, 1),
             })
+            if load_segm:
+                records[-1]['gt_poly'] = [self._segmentation(a, im) for a in anns]
         return records
+
+
+    def _segmentation(self, ann, image):
+        if ann.get('iscrowd'):
+            return _CROWD_POLYGON
+        if not ann.get('segmentation'):
+            raise ValueError(f'{self.ann_file}: annotation id={ann["id"]} of image id={image["id"]} '
+                             f'({image["file_name"]!r}) has no segmentation; a mask model needs one per object')
+        return ann['segmentation']
 
 
 class DatasetError(ValueError):

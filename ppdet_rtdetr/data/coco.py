@@ -39,7 +39,7 @@ class RTDETRCOCODataSet(COCODataSet):
         image_dir (str): image directory, relative to ``dataset_dir``.
         anno_path (str): COCO annotation JSON, relative to ``dataset_dir``.
         data_fields (list[str]): record keys to load; ``image`` plus any of ``gt_bbox``, ``gt_class``,
-            ``is_crowd`` (masks / polygons are not loaded).
+            ``is_crowd``, ``gt_poly`` (the COCO segmentations, polygons or RLE, for ``Poly2Mask``).
         sample_num (int): load only the first ``sample_num`` usable images (by image id); -1 loads all.
         load_crowd (bool): keep ``iscrowd`` boxes in the records.
         allow_empty (bool): keep images without a usable non-crowd box (false skips them).
@@ -90,7 +90,7 @@ class RTDETRCOCODataSet(COCODataSet):
 
         self.catid2clsid = dict(report.catid2clsid)
         self.cname2cid = {name: clsid for clsid, name in enumerate(report.names)}
-        records = report.to_records(load_crowd=self.load_crowd)
+        records = report.to_records(load_crowd=self.load_crowd, load_segm='gt_poly' in self.data_fields)
         if self.sample_num > 0:
             records = records[:self.sample_num]
         # Without allow_empty, check_coco already skipped the images without a box.

@@ -413,14 +413,26 @@ def load_model_weights(model, weights):
     logger.info('Loaded the model weights from {}'.format(path))
 
 
+# ppdet's COCO metric keys: 'mask' holds the segm AP
+TARGET_METRICS = ('bbox', 'mask')
+
+
 class AtomicCheckpointer(Checkpointer):
     """ppdet's ``Checkpointer`` callback whose saves go through ``save_model`` above.
 
     Saves what ppdet's saves for a detector: ``<epoch>`` every ``snapshot_epoch`` epochs, ``model_final``
-    after the last one, and ``best_model`` when an evaluation (``--eval``) reaches the best bbox AP so far.
-    With EMA the EMA weights are the weights file (the Trainer has swapped them into the model at epoch
-    end) and the trained ones the ``model`` file. ``checkpoint_format`` in the config chooses the format.
+    after the last one, and ``best_model`` when an evaluation (``--eval``) reaches the best AP so far: the bbox
+    AP, or with ``target_metrics: mask`` (the official Mask-RT-DETR configs' key, which ppdet 2.6.0 ignores)
+    the segm AP. With EMA the EMA weights are the weights file (the Trainer has swapped them into the model at
+    epoch end) and the trained ones the ``model`` file. ``checkpoint_format`` in the config chooses the format.
     """
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.target = model.cfg.get('target_metrics', 'bbox')
+        if self.target not in TARGET_METRICS:
+            raise ValueError('target_metrics: {!r} is not one of {} (the AP that chooses best_model)'.format(
+                self.target, TARGET_METRICS))
 
     def on_epoch_end(self, status):
         if dist.get_world_size() > 1 and dist.get_rank() != 0:
@@ -448,12 +460,12 @@ class AtomicCheckpointer(Checkpointer):
         save_name = None
         for metric in self.model._metrics:
             results = metric.get_results()
-            if 'bbox' not in results:
+            if self.target not in results:
                 logger.warning('Evaluation results empty, this may be due to training iterations being too '
                                'few or not loading the correct weights.')
                 return None
-            if results['bbox'][0] >= self.best_ap:
-                self.best_ap = results['bbox'][0]
+            if results[self.target][0] >= self.best_ap:
+                self.best_ap = results[self.target][0]
                 save_name = 'best_model'
-            logger.info('Best test bbox ap is {:0.3f}.'.format(abs(self.best_ap)))
+            logger.info('Best test {} ap is {:0.3f}.'.format(self.target, abs(self.best_ap)))
         return save_name

@@ -30,9 +30,9 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
     __call__(head_out = (boxes [b, n, 4] sigmoid cxcywh, logits [b, n, k], masks [b, n, h4, w4] logits),
     im_shape [b, 2] (h, w) of the resized images, scale_factor [b, 2] (h, w) resized / original, pad_shape (h, w)
     of the network input, read by 'pad' only) -> (bbox [b*K, 6] float32 rows (class, score, x1, y1, x2, y2) in
-    original-image pixels, bbox_num int32 [b] all K, mask int32 [b*K, H, W] of {0, 1}). H, W are the largest
-    original height and width in the batch: image i's masks fill [:h_i, :w_i] and are 0 beyond (ppdet's Mask R-CNN
-    convention for batches); with one image they are exactly its size, as the official output.
+    original-image pixels, bbox_num int32 [b] all K, mask int32 [b*K, H, W] of {0, 1}, -1 padding). H, W are the
+    largest original height and width in the batch: image i's masks fill [:h_i, :w_i] and are -1 beyond (ppdet's
+    Mask R-CNN convention for batches); with one image they are exactly its size, as the official output.
 
     Sizes stay tensors, so the same code runs in an exported graph. The resize to each image's size is
     `resize_each_image` (a loop of F.interpolate, the official arithmetic) in dygraph; in a traced graph
@@ -93,7 +93,9 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
             masks = resize_each_image(masks, crop_hw.astype('int32'), sizes, max_hw)
         else:  # a traced graph (the export, dynamic batch): the same bilinear weights as matrix products
             masks = batch_resize(masks, crop_hw, origin_hw, max_hw)
-        # [b, K, H, W]: image i's pixels are [:h_i, :w_i]; the rest is 0 in the output and left out of the scores
+        # [b, K, H, W]: image i's pixels are [:h_i, :w_i]; the rest is -1 in the output (ppdet's COCO metric and
+        # infer, json_results.strip_mask, cut each image's masks back to its own size where the -1 start) and left
+        # out of the scores
         rows = paddle.arange(max_hw[0], dtype='int32').unsqueeze(0) < sizes[:, 0:1]  # [b, H]
         cols = paddle.arange(max_hw[1], dtype='int32').unsqueeze(0) < sizes[:, 1:2]  # [b, W]
         valid = paddle.logical_and(rows.unsqueeze(-1), cols.unsqueeze(1))  # [b, H, W]
@@ -102,8 +104,10 @@ class RTDETRMaskPostProcess(RTDETRPostProcess):
         if self.use_avg_mask_score:
             scores = scores * (binary * prob).sum([-2, -1]) / (binary.sum([-2, -1]) + 1e-6)
         bbox_num = paddle.full([boxes.shape[0]], self.num_top_queries, 'int32')
+        # binary is 0 outside each image: -1 there, as arithmetic (no select op in the exported graph)
+        mask = binary.astype('int32') - (1 - valid.unsqueeze(1).astype('int32'))
         # [b, K, H, W] -> [b*K, H, W]
-        return self._rows(labels, scores, boxes), bbox_num, binary.astype('int32').flatten(0, 1)
+        return self._rows(labels, scores, boxes), bbox_num, mask.flatten(0, 1)
 
 
 def resize_each_image(masks, crop_hw, out_hw, max_hw):

@@ -65,3 +65,29 @@ def test_plot_is_a_png(tmp_path):
 def test_log_without_evaluation_fails(tmp_path):
     log, res = _run(tmp_path, LOG.splitlines()[0] + '\n')
     assert res.returncode == 1 and f'no COCO evaluation found in {log}' in res.stderr
+
+
+# A Mask-RT-DETR evaluation: pycocotools' bbox summary, then its segm summary (ppdet's COCO metric with masks)
+MASK_LOG = """\
+[11/21 13:29:43] ppdet.engine INFO: Epoch: [0] [ 0/43] learning_rate: 0.000005 loss: 25.9
+[11/21 13:31:30] ppdet.engine INFO: Eval iter: 0
+Evaluate annotation type *bbox*
+ Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.520
+ Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ] = 0.950
+Evaluate annotation type *segm*
+ Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.480
+ Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ] = 0.910
+[11/21 13:31:40] ppdet.engine INFO: Total sample number: 20, average FPS: 2.0
+[11/21 13:31:43] ppdet.engine INFO: Best test mask ap is 0.480.
+"""
+
+
+def test_segm_figures_are_kept_apart_from_the_box_ones(tmp_path):
+    out = tmp_path / 'curve.json'
+    _, res = _run(tmp_path, MASK_LOG, '--out', str(out), '--plot', str(tmp_path / 'curve.png'))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(out.read_text())['evaluations'] == [
+        {'epoch': 1, 'iteration': 43, 'wall_s': 120, 'train_s': 107, 'ap': 0.52, 'ap50': 0.95,
+         'segm_ap': 0.48, 'segm_ap50': 0.91}]
+    assert res.stdout.strip().splitlines()[-1] == \
+        'final COCO segm AP 0.480  AP50 0.910, bbox AP 0.520  AP50 0.950  after 43 iterations, 107 s of training'
