@@ -170,12 +170,14 @@ def assert_same_detections(got, want, rtol=1e-3, score_tol=1e-4, what=''):
 
 
 def assert_same_masks(got, want, min_iou=0.99, what=''):
-    """Binary masks [K, H, W] equal pairwise: the same shape, and each pair exactly equal or with IoU >= min_iou
-    (an engine's bilinear arithmetic may flip a pixel whose logit is within rounding of the threshold); the
-    reference must hold some mask pixels, so that the test can fail. Returns the number of differing pixels."""
+    """Binary masks [K, H, W] (1 object, 0 not, -1 outside a smaller image of the batch) equal pairwise: the same
+    shape, -1 at the same pixels, and each pair exactly equal or with IoU >= min_iou (an engine's bilinear
+    arithmetic may flip a pixel whose logit is within rounding of the threshold); the reference must hold some
+    mask pixels, so that the test can fail. Returns the number of differing pixels."""
     assert got.shape == want.shape, f'{what}: masks {got.shape} != {want.shape}'
-    assert want.sum() > 0, f'{what}: the reference masks are all empty'
-    got, want = got.astype(bool), want.astype(bool)
+    assert (want == 1).sum() > 0, f'{what}: the reference masks are all empty'
+    assert ((got == -1) == (want == -1)).all(), f'{what}: the padding (-1) differs'
+    got, want = got == 1, want == 1
     for i, (g, w) in enumerate(zip(got, want)):
         union = int((g | w).sum())
         iou = (g & w).sum() / union if union else 1.0
