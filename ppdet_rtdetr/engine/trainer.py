@@ -11,7 +11,7 @@ pick the class; our tools construct ``RTDETRTrainer``. Whoever builds ppdet's ``
   ``checkpoint.resume_path``)
   and restores it with ``checkpoint.load_checkpoint``;
 * checkpoints are written atomically with a manifest of digests, as ``.pdparams`` or ``.safetensors``
-  (``checkpoint_format``; ``checkpoint.AtomicCheckpointer`` replaces ppdet's ``Checkpointer``);
+  (``checkpoint_format``; ``checkpointer.AtomicCheckpointer`` replaces ppdet's ``Checkpointer``);
 * ``train`` holds the lock of its save_dir, checked writable first, and stops cleanly on SIGTERM / SIGINT
   (``run_folder``, ``stop_signals``);
 * ``train`` runs with the non-finite-loss guard (``loss_guard``, which also checks the predictions before the
@@ -35,7 +35,7 @@ from ppdet.utils.logger import setup_logger
 from ..compat import BATCH_NORMS
 from ..modeling.matcher import NonFiniteCostError
 from ..native import conv_grad, onednn
-from . import checkpoint, loss_guard, pretrain, run_folder
+from . import checkpoint, checkpointer, loss_guard, pretrain, run_folder
 
 logger = setup_logger(__name__)
 
@@ -89,7 +89,7 @@ class RTDETRTrainer(Trainer):
     def _init_callbacks(self):
         super()._init_callbacks()
         if self.mode == 'train':
-            self._callbacks = [checkpoint.AtomicCheckpointer(self) if type(c) is Checkpointer else c
+            self._callbacks = [checkpointer.AtomicCheckpointer(self) if type(c) is Checkpointer else c
                                for c in self._callbacks]
             self._compose_callback = ComposeCallback(self._callbacks)
 

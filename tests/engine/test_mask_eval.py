@@ -110,7 +110,7 @@ class _Metric(object):
 
 def _checkpointer(tmp_path, **cfg):
     from ppdet.core.workspace import AttrDict
-    from ppdet_rtdetr.engine.checkpoint import AtomicCheckpointer
+    from ppdet_rtdetr.engine.checkpointer import AtomicCheckpointer
     trainer = types.SimpleNamespace(cfg=AttrDict(save_dir=str(tmp_path), filename='m', **cfg), model=None, _metrics=[])
     return trainer, AtomicCheckpointer(trainer)
 

@@ -11,7 +11,7 @@ from ppdet.engine import Trainer, callbacks
 from ppdet.optimizer import ModelEMA
 from ppdet.utils.checkpoint import load_weight
 
-from ppdet_rtdetr.engine import RTDETRTrainer, checkpoint
+from ppdet_rtdetr.engine import RTDETRTrainer, checkpoint, checkpointer
 from ppdet_rtdetr.engine.trainer import convert_sync_batchnorm_keeping_frozen
 
 APS = [0.1, 0.3, 0.2, 0.3]  # bbox AP after epochs 0..3: best_model at 0, 1 and 3 (ppdet saves on >=)
@@ -41,22 +41,22 @@ def _run_epochs(checkpointer_class, use_ema):
     trainer = types.SimpleNamespace(
         cfg=AttrDict(save_dir='out', filename='tiny', epoch=4, snapshot_epoch=2), model=paddle.nn.Linear(2, 2),
         use_ema=use_ema, optimizer='the optimizer', _metrics=[metric])
-    checkpointer = checkpointer_class(trainer)
+    callback = checkpointer_class(trainer)
     for epoch, ap in enumerate(APS):
-        checkpointer.on_epoch_end({'mode': 'train', 'epoch_id': epoch, 'weight': 'trained weights'})
+        callback.on_epoch_end({'mode': 'train', 'epoch_id': epoch, 'weight': 'trained weights'})
         metric.ap = ap
-        checkpointer.on_epoch_end({'mode': 'eval', 'epoch_id': epoch, 'weight': 'trained weights',
-                                   'save_best_model': True})
-    return checkpointer
+        callback.on_epoch_end({'mode': 'eval', 'epoch_id': epoch, 'weight': 'trained weights',
+                               'save_best_model': True})
+    return callback
 
 
 @pytest.mark.parametrize('use_ema', [False, True])
 def test_atomic_checkpointer_saves_what_ppdets_checkpointer_saves(monkeypatch, use_ema):
     theirs, ours = [], []
     monkeypatch.setattr(callbacks, 'save_model', _recorder(theirs))
-    monkeypatch.setattr(checkpoint, 'save_model', _recorder(ours))
+    monkeypatch.setattr(checkpointer, 'save_model', _recorder(ours))
     their_best = _run_epochs(callbacks.Checkpointer, use_ema).best_ap
-    our_best = _run_epochs(checkpoint.AtomicCheckpointer, use_ema).best_ap
+    our_best = _run_epochs(checkpointer.AtomicCheckpointer, use_ema).best_ap
 
     names = [(name, epoch) for _, _, name, epoch, _ in theirs]
     assert names == [('best_model', 1), ('1', 2), ('best_model', 2), ('model_final', 4), ('best_model', 4)]
