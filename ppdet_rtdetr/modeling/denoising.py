@@ -15,8 +15,8 @@ import paddle.nn.functional as F
 
 from .box_ops import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
 
-__all__ = ['denoising_group_sizes', 'denoising_attn_mask', 'get_contrastive_denoising_training_group',
-           'get_denoising_training_group']
+__all__ = ['denoising_group_sizes', 'denoising_attn_mask', 'additive_attn_mask',
+           'get_contrastive_denoising_training_group', 'get_denoising_training_group']
 
 
 def denoising_group_sizes(num_gts, num_denoising):
@@ -41,6 +41,13 @@ def denoising_attn_mask(g, num_group, num_queries, group_size=None):
     same_group = group.unsqueeze(1) == group.unsqueeze(0)
     key_is_matching = (idx >= num_dn).unsqueeze(0).expand([t, t])
     return paddle.logical_or(same_group, key_is_matching)
+
+
+def additive_attn_mask(may_attend, dtype):
+    """A boolean "may attend" mask [t, t] as the additive float mask attention takes: 0 where True, -inf where
+    False, in `dtype`."""
+    return paddle.where(may_attend, paddle.zeros(may_attend.shape, dtype),
+                        paddle.full(may_attend.shape, float('-inf'), dtype))
 
 
 def get_contrastive_denoising_training_group(gt_class, gt_bbox, num_classes, num_queries, class_embed,

@@ -36,7 +36,7 @@ from ppdet.core.workspace import register
 from .anchors import AnchorsOfEvalSize
 from .box_ops import inverse_sigmoid
 from .decoder import TransformerDecoderLayer
-from .denoising import get_denoising_training_group
+from .denoising import additive_attn_mask, get_denoising_training_group
 from .layers import MLP, broadcast_multiply
 from .transformer import build_input_proj, encoder_memory
 
@@ -256,9 +256,7 @@ class RTDETRMaskTransformer(AnchorsOfEvalSize, nn.Layer):
         target, ref_unact, enc_out, init_out = self._get_decoder_input(
             memory, mask_feat, spatial_shapes, dn_embed, dn_bbox_unact)
         if attn_mask is not None:
-            # bool "may attend" -> additive float mask
-            attn_mask = paddle.where(attn_mask, paddle.zeros(attn_mask.shape, memory.dtype),
-                                     paddle.full(attn_mask.shape, float('-inf'), memory.dtype))
+            attn_mask = additive_attn_mask(attn_mask, memory.dtype)
         dec_boxes, dec_logits, dec_masks = self.decoder(
             target, ref_unact, memory, spatial_shapes, self.bbox_head, self.query_pos_head,
             lambda query: self._predict(query, mask_feat), attn_mask, self.query_pos_head_inv_sig)

@@ -10,7 +10,7 @@ from ppdet.core.workspace import register
 
 from .anchors import AnchorsOfEvalSize
 from .decoder import TransformerDecoder
-from .denoising import get_contrastive_denoising_training_group
+from .denoising import additive_attn_mask, get_contrastive_denoising_training_group
 from .layers import MLP, broadcast_multiply
 from .query_distinct import select_distinct
 
@@ -240,9 +240,7 @@ class RTDETRDeformableTransformer(AnchorsOfEvalSize, nn.Layer):
         target, ref_unact, enc_topk_bboxes, enc_topk_logits = self._get_decoder_input(
             memory, spatial_shapes, dn_embed, dn_bbox_unact)
         if attn_mask is not None:
-            # bool "may attend" -> additive float mask
-            attn_mask = paddle.where(attn_mask, paddle.zeros(attn_mask.shape, memory.dtype),
-                                     paddle.full(attn_mask.shape, float('-inf'), memory.dtype))
+            attn_mask = additive_attn_mask(attn_mask, memory.dtype)
         dec_bboxes, dec_logits = self.decoder(target, ref_unact, memory, spatial_shapes, self.dec_bbox_head,
                                               self.dec_score_head, self.query_pos_head, attn_mask,
                                               dn_meta['dn_num_split'][0] if dn_meta else 0)
