@@ -50,6 +50,18 @@ def additive_attn_mask(may_attend, dtype):
                         paddle.full(may_attend.shape, float('-inf'), dtype))
 
 
+def _padded_gts(gt_class, gt_bbox, num_gts, g, num_classes, dtype):
+    """Every image's gts padded to g: classes int64 [b, g] (k, the padding embedding, in the padding slots),
+    boxes [b, g, 4] of `dtype` (zeros there) and valid bool [b, g]."""
+    cls_rows, box_rows, valid_rows = [], [], []
+    for labels, boxes, n in zip(gt_class, gt_bbox, num_gts):
+        cls_rows.append(paddle.concat([labels.reshape([-1]).astype('int64'),
+                                       paddle.full([g - n], num_classes, 'int64')]))
+        box_rows.append(paddle.concat([boxes.reshape([-1, 4]).astype(dtype), paddle.zeros([g - n, 4], dtype)]))
+        valid_rows.append(paddle.arange(g) < n)
+    return paddle.stack(cls_rows), paddle.stack(box_rows), paddle.stack(valid_rows)
+
+
 def get_contrastive_denoising_training_group(gt_class, gt_bbox, num_classes, num_queries, class_embed,
                                              num_denoising=100, label_noise_ratio=0.5, box_noise_scale=1.0):
     """Build the denoising queries of a batch.
@@ -76,19 +88,11 @@ def get_contrastive_denoising_training_group(gt_class, gt_bbox, num_classes, num
     g, num_group = denoising_group_sizes(num_gts, num_denoising)
     c = class_embed.shape[-1]
 
-    # padded gts: class k (padding embedding) and a dummy box for the padding slots
-    cls_rows, box_rows, valid_rows = [], [], []
-    for labels, boxes, n in zip(gt_class, gt_bbox, num_gts):
-        pad = g - n
-        cls_rows.append(paddle.concat([labels.reshape([-1]).astype('int64'),
-                                       paddle.full([pad], num_classes, 'int64')]))
-        box_rows.append(paddle.concat([boxes.reshape([-1, 4]).astype(class_embed.dtype),
-                                       paddle.zeros([pad, 4], class_embed.dtype)]))
-        valid_rows.append(paddle.arange(g) < n)
+    gt_class_g, gt_bbox_g, valid_g = _padded_gts(gt_class, gt_bbox, num_gts, g, num_classes, class_embed.dtype)
     # [b, g] -> [b, 2*g*num_group]: each group = g positive then g negative copies
-    dn_class = paddle.stack(cls_rows).tile([1, 2 * num_group])
-    dn_bbox = paddle.stack(box_rows).tile([1, 2 * num_group, 1])
-    valid = paddle.stack(valid_rows).tile([1, 2 * num_group])
+    dn_class = gt_class_g.tile([1, 2 * num_group])
+    dn_bbox = gt_bbox_g.tile([1, 2 * num_group, 1])
+    valid = valid_g.tile([1, 2 * num_group])
     num_dn = 2 * g * num_group
     is_negative = ((paddle.arange(num_dn) // g) % 2 == 1).astype(dn_bbox.dtype)  # [num_dn]
 
@@ -143,17 +147,11 @@ def get_denoising_training_group(gt_class, gt_bbox, num_classes, num_queries, cl
     c = class_embed.shape[-1]
     num_dn = g * num_group
 
-    cls_rows, box_rows, valid_rows = [], [], []
-    for labels, boxes, n in zip(gt_class, gt_bbox, num_gts):
-        cls_rows.append(paddle.concat([labels.reshape([-1]).astype('int64'),
-                                       paddle.full([g - n], num_classes, 'int64')]))
-        box_rows.append(paddle.concat([boxes.reshape([-1, 4]).astype(class_embed.dtype),
-                                       paddle.zeros([g - n, 4], class_embed.dtype)]))
-        valid_rows.append(paddle.arange(g) < n)
+    gt_class_g, gt_bbox_g, valid_g = _padded_gts(gt_class, gt_bbox, num_gts, g, num_classes, class_embed.dtype)
     # [b, g] -> [b, g * num_group]
-    dn_class = paddle.stack(cls_rows).tile([1, num_group])
-    dn_bbox = paddle.stack(box_rows).tile([1, num_group, 1])
-    valid = paddle.stack(valid_rows).tile([1, num_group])
+    dn_class = gt_class_g.tile([1, num_group])
+    dn_bbox = gt_bbox_g.tile([1, num_group, 1])
+    valid = valid_g.tile([1, num_group])
     dn_positive_idx = [paddle.nonzero(valid[i]).flatten().astype('int64') for i in range(b)]
 
     if label_noise_ratio > 0:
